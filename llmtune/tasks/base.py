@@ -1,0 +1,140 @@
+"""The contract every task implements.
+
+A task says: which AutoModel class, how to preprocess raw rows, which collator, which metrics,
+and how to turn model outputs into exported prediction records. The shared mechanics (data
+loading, Trainer setup, saving, model card, eval command) live in :mod:`llmtune.runner` and call
+these hooks. Module level stays torch-free; import heavy libraries inside the methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llmtune.config import RunConfig
+
+
+@dataclass
+class NoOptions:
+    """A task without task-specific options."""
+
+
+@dataclass
+class RunContext:
+    """What a task needs at run time; filled in step by step by the runner."""
+
+    cfg: RunConfig
+    # True for ``finetune``/``pretrain``; False for ``eval`` of a saved model.
+    training: bool = True
+    tokenizer: Any = None
+    model: Any = None
+    # Model path the weights come from (``cfg.model.name_or_path`` or the eval model dir).
+    model_path: str | None = None
+    # Per-task state decided from data or from a saved model (e.g. label names).
+    state: dict = field(default_factory=dict)
+    # Columns picked in the raw data, for model cards and prediction export.
+    columns: dict = field(default_factory=dict)
+
+
+class Task:
+    #: canonical name, used in recipes and ``--task``
+    name: str = ""
+    #: other accepted names
+    aliases: tuple[str, ...] = ()
+    #: tasks of one family accept each other's recipes
+    family: str = ""
+    description: str = ""
+    #: task-specific options dataclass (the ``options:`` section of a recipe)
+    Options: type = NoOptions
+    #: ``transformers`` auto class used to load/build the model
+    auto_model: str = "AutoModel"
+    #: metric selecting the best checkpoint, and its direction
+    main_metric: str = "loss"
+    greater_is_better: bool = False
+    #: use Seq2SeqTrainer / generation during evaluation
+    seq2seq: bool = False
+    #: ``transformers.pipeline`` task name written in the model card
+    pipeline_tag: str | None = None
+
+    # ---- config time (torch-free) -------------------------------------------------------
+    def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
+        """Adjust generic defaults the recipe did not set (``tree`` is the raw merged dict)."""
+
+    def validate(self, cfg: RunConfig) -> list[str]:
+        """Cross-field problems specific to this task (messages name the key)."""
+        return []
+
+    # ---- run time -------------------------------------------------------------------------
+    def load_tokenizer(self, ctx: RunContext) -> Any:
+        from llmtune.modeling import load_tokenizer
+
+        spec = ctx.cfg.model.tokenizer if ctx.training and ctx.cfg.model.tokenizer else ctx.model_path
+        tokenizer = load_tokenizer(spec, ctx.cfg.model if ctx.training else None)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without one
+        return tokenizer
+
+    def load_data(self, ctx: RunContext) -> Any:
+        """Raw splits as a ``DatasetDict`` (train/validation[/test])."""
+        from llmtune.data import load_raw
+
+        return load_raw(ctx.cfg.data, seed=ctx.cfg.train.seed, carve_validation=ctx.training)
+
+    def load_trained_model(self, ctx: RunContext) -> Any:
+        """Load a model saved by llmtune (or any compatible checkpoint) for evaluation."""
+        from llmtune.modeling import load_model
+
+        model = load_model(ctx, self.auto_model)
+        if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = ctx.tokenizer.pad_token_id
+        return model
+
+    def training_args(self, ctx: RunContext) -> dict:
+        """Extra ``TrainingArguments`` this task needs (e.g. generation settings)."""
+        return {}
+
+    def headline(self, metrics: dict) -> dict:
+        """The metrics worth printing on the terminal (all of them by default)."""
+        return metrics
+
+    def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
+        """Write task-specific files next to the saved model (main process only)."""
+
+    def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
+        """Turn raw splits (a ``DatasetDict``) into model-ready datasets keyed by split."""
+        raise NotImplementedError
+
+    def build_model(self, ctx: RunContext) -> Any:
+        from llmtune.modeling import load_model
+
+        return load_model(ctx, self.auto_model)
+
+    def collator(self, ctx: RunContext) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=None)
+
+    def compute_metrics(self, ctx: RunContext) -> Any:
+        """A ``compute_metrics(EvalPrediction) -> dict`` callable, or None."""
+        return None
+
+    def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
+        return None
+
+    def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
+        """Metrics and exported prediction records for one split."""
+        output = trainer.predict(split, metric_key_prefix="eval")
+        metrics = dict(output.metrics)
+        records = self.records(ctx, raw_split, split, output)
+        return metrics, records
+
+    def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
+        return []
+
+    def finalize_model(self, ctx: RunContext, model: Any) -> None:
+        """Store task metadata (label names, ...) in the model config before saving."""
+
+    def options_dict(self, cfg: RunConfig) -> dict:
+        return dataclasses.asdict(cfg.options) if dataclasses.is_dataclass(cfg.options) else {}
