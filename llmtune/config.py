@@ -401,15 +401,12 @@ def load_config(
 
         recipe_task = tree.get("task")
         wanted = get_task(task)
-        if recipe is not None and recipe_task is not None and get_task(str(recipe_task)).name != wanted.name:
-            # Tasks of one family (e.g. sentiment / text-classification) are interchangeable.
-            if get_task(str(recipe_task)).family != wanted.family:
-                raise ConfigError(
-                    [
-                        f"--task {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"
-                    ],
-                    source,
-                )
+        # Tasks of one family (e.g. sentiment / text-classification) accept each other's recipes.
+        if recipe is not None and recipe_task is not None and get_task(str(recipe_task)).family != wanted.family:
+            raise ConfigError(
+                [f"--task {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"],
+                source,
+            )
         tree["task"] = task
     for key, value in parse_set_overrides(sets):
         apply_override(tree, key, value)
