@@ -1,4 +1,4 @@
-"""Offline metrics.
+"""Offline metrics (classification here; one module per metric family beside it).
 
 ``evaluate.load("accuracy")`` downloads a script from the Hub, so llmtune computes metrics with
 the libraries those scripts wrap (scikit-learn here; seqeval, sacrebleu, rouge-score for other
