@@ -11,6 +11,7 @@ This module must stay importable without torch/transformers (``recipes validate`
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,23 @@ import yaml
 from llmtune.errors import ConfigError
 
 CONFIG_FILENAME = "llmtune_config.yaml"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2-style booleans: only true/false, so `eval_strategy: no` stays the string "no"."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -52,6 +70,7 @@ class DataArgs:
     # ``validation_split`` of train is carved off.
     eval_split: str | None = None
     test_split: str | None = None
+    # Fraction of train carved off for validation when the data has no eval split (0 = none).
     validation_split: float = 0.1
     text_column: str | None = None
     text_pair_column: str | None = None
@@ -237,7 +256,7 @@ def parse_set_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         out.append((key, value))
@@ -271,7 +290,7 @@ def read_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(["recipe is not UTF-8 text"], source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -352,8 +371,8 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:
         p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
-    if not 0 < d.validation_split < 1:
-        p.append(f"data.validation_split must be between 0 and 1, got {d.validation_split}")
+    if not 0 <= d.validation_split < 1:
+        p.append(f"data.validation_split must be in [0, 1) (0 = no validation split), got {d.validation_split}")
     if d.max_length < 8:
         p.append(f"data.max_length must be >= 8, got {d.max_length}")
     for key in ("max_train_samples", "max_eval_samples"):

@@ -34,6 +34,9 @@ SPLIT_ALIASES = {
     "dev": "validation",
     "eval": "validation",
     "test": "test",
+    # CoNLL-2003 file names (eng.train / eng.testa / eng.testb)
+    "testa": "validation",
+    "testb": "test",
 }
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval")
 
@@ -52,25 +55,31 @@ def is_local_spec(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or _ext(path) in FORMATS or _ext(path) in (".yaml", ".yml")
 
 
-def split_files(folder: Path) -> dict[str, list[Path]]:
-    """Map split names to files in a folder: ``train.csv``, ``dev.jsonl``, ``test.en-de.jsonl``..."""
+def split_files(folder: Path, any_extension: bool = False) -> dict[str, list[Path]]:
+    """Map split names to files in a folder: ``train.csv``, ``dev.jsonl``, ``test.en-de.jsonl``...
+
+    With ``any_extension`` (a task parses its own formats) files with other extensions count too,
+    and the split may also be the extension (CoNLL's ``eng.train``, ``eng.testa``).
+    """
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or _ext(path) not in FORMATS:
+        if not path.is_file() or path.name.startswith(".") or (_ext(path) not in FORMATS and not any_extension):
             continue
         stem = path.name.split(".")[0].lower()
         split = SPLIT_ALIASES.get(stem)
+        if split is None and any_extension and _ext(path) not in FORMATS:
+            split = SPLIT_ALIASES.get(_ext(path).lstrip("."))
         if split:
             found.setdefault(split, []).append(path)
     return found
 
 
-def check_local_file(path: Path) -> None:
+def check_local_file(path: Path, any_extension: bool = False) -> None:
     if not path.exists():
         raise LlmtuneError(f"dataset file not found: {path}")
     if path.stat().st_size == 0:
         raise LlmtuneError(f"dataset file {path} is empty: add rows (with a header line for csv/tsv)")
-    if _ext(path) not in FORMATS:
+    if _ext(path) not in FORMATS and not any_extension:
         raise LlmtuneError(f"unsupported dataset file type '{path.suffix}' for {path}; use one of {', '.join(FORMATS)}")
 
 
@@ -103,11 +112,24 @@ def diagnose_file(path: Path) -> str | None:
     return None
 
 
-def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: str | None) -> Any:
-    from datasets import DatasetDict, IterableDatasetDict, load_dataset
+def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: str | None, reader: Any = None) -> Any:
+    from datasets import DatasetDict, IterableDatasetDict, concatenate_datasets, load_dataset
 
     splits = {}
     for split, paths in files.items():
+        if reader is not None:
+            for p in paths:
+                check_local_file(p, any_extension=True)
+            parsed = [reader(p) for p in paths]
+            if all(ds is not None for ds in parsed):
+                ds = concatenate_datasets(parsed) if len(parsed) > 1 else parsed[0]
+                splits[split] = ds.to_iterable_dataset() if streaming else ds
+                continue
+            if any(ds is not None for ds in parsed):
+                raise LlmtuneError(
+                    f"split '{split}' mixes file formats ({', '.join(p.name for p in paths)}): "
+                    f"point --dataset at one file or at a folder holding one format"
+                )
         for p in paths:
             check_local_file(p)
         builder, kwargs = FORMATS[_ext(paths[0])]
@@ -131,11 +153,19 @@ def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: s
     return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
 
 
-def load_raw(data: DataArgs, seed: int = 42, carve_validation: bool = True, text_sample_by: str | None = None) -> Any:
+def load_raw(
+    data: DataArgs,
+    seed: int = 42,
+    carve_validation: bool = True,
+    text_sample_by: str | None = None,
+    reader: Any = None,
+) -> Any:
     """Load ``data.dataset`` as a ``DatasetDict`` with ``train``/``validation`` (and ``test``).
 
     The eval split is ``data.eval_split`` or a split named like validation; without one, a
     seeded ``data.validation_split`` fraction of train is carved off (when ``carve_validation``).
+    ``reader(path) -> Dataset | None`` lets a task parse local files in its own formats (CoNLL
+    columns, nested SQuAD json); it returns None for files the standard loaders should read.
     """
     spec = data.dataset
     if not spec:
@@ -143,16 +173,16 @@ def load_raw(data: DataArgs, seed: int = 42, carve_validation: bool = True, text
     location = resolve_location(spec)
     path = Path(location).expanduser()
     if path.is_dir():
-        files = split_files(path)
+        files = split_files(path, any_extension=reader is not None)
         if not files:
             raise LlmtuneError(
                 f"dataset folder {path} has no train/validation/test files "
                 f"(expected names like train.csv, validation.jsonl, test.tsv)"
             )
-        raw = _load_files(files, data.streaming, text_sample_by)
+        raw = _load_files(files, data.streaming, text_sample_by, reader)
     elif path.is_file() or is_local_spec(spec):
-        check_local_file(path)
-        raw = _load_files({"train": [path]}, data.streaming, text_sample_by)
+        check_local_file(path, any_extension=reader is not None)
+        raw = _load_files({"train": [path]}, data.streaming, text_sample_by, reader)
     else:
         raw = _load_hub(spec, data)
     return arrange_splits(raw, data, seed, carve_validation, source=spec)
@@ -201,7 +231,7 @@ def arrange_splits(raw: Any, data: DataArgs, seed: int, carve_validation: bool, 
     elif "test" in raw:
         out["test"] = raw["test"]
     streaming = isinstance(raw, IterableDatasetDict)
-    if "validation" not in out and carve_validation and "train" in out and not streaming:
+    if "validation" not in out and carve_validation and data.validation_split > 0 and "train" in out and not streaming:
         train = out["train"]
         if len(train) < 2:
             raise LlmtuneError(
