@@ -126,3 +126,26 @@ def test_installed_entry_point_smoke(tmp_path, tiny_bert_dir, sentiment_csv):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "unknown task" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_default_sentiment_recipe_offline_is_one_line(cli, tmp_path):
+    result = cli("finetune", "--task", "sentiment", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2
+    err = result.stderr.strip()
+    assert err.count("\n") == 0, err
+    assert "Hub is unreachable" in err and "--model" in err and "sentiment-demo" in err
+
+
+@pytest.mark.slow
+def test_demo_recipe_learns_held_out(cli, tmp_path):
+    """The README's main command: MiniLM on the shipped sentiment set (needs the `demo` extra)."""
+    import json
+
+    out = tmp_path / "demo"
+    result = cli("finetune", "--recipe", "sentiment-demo", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["test_accuracy"] >= 0.75, metrics["test"]
+    assert "held-out metrics (test split)" in result.output
+    rows = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 120  # the shipped held-out split
