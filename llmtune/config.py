@@ -39,7 +39,7 @@ _YamlLoader.add_implicit_resolver(
 
 
 def yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 @dataclass
@@ -115,6 +115,9 @@ class TrainArgs:
     group_by_length: bool = True
     dataloader_num_workers: int = 0
     overwrite: bool = False
+    # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
+    # fresh start when there is none) or a checkpoint folder. Set with --resume.
+    resume: str | None = None
     report_to: str = "none"
 
 
@@ -371,6 +374,10 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:
         p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    if t.resume is not None and t.overwrite:
+        p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
+    if t.resume is not None and not str(t.resume).strip():
+        p.append("train.resume (--resume) must be 'auto' or a checkpoint folder, got an empty value")
     if not 0 <= d.validation_split < 1:
         p.append(f"data.validation_split must be in [0, 1) (0 = no validation split), got {d.validation_split}")
     if d.max_length < 8:

@@ -23,6 +23,9 @@ from llmtune.tasks.base import RunContext
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+# Every logged training step (loss, lr, grad norm) and evaluation: trainer_state's log_history,
+# continued across resumes.
+TRAINING_LOG_FILE = "training_log.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,9 +92,9 @@ def clean_metrics(metrics: dict) -> dict:
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
+    from llmtune.launch import distributed_state
 
-    return PartialState().is_main_process
+    return distributed_state().is_main_process
 
 
 def echo(msg: str = "", err: bool = False) -> None:
@@ -117,7 +120,9 @@ def quiet_libraries(debug: bool) -> None:
 
     if not debug:
         transformers.logging.set_verbosity_error()
-        datasets.logging.set_verbosity_error()
+        # CRITICAL, not ERROR: datasets logs parse failures itself before raising; we report them
+        # in one line (with the file's line number) instead.
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -127,22 +132,111 @@ def quiet_libraries(debug: bool) -> None:
 # Trainer construction
 
 
-def ordered_eval_trainer(base: type) -> type:
-    """A Trainer subclass whose eval/predict dataloader keeps dataset order.
+def llmtune_trainer(base: type) -> type:
+    """The Trainer subclass llmtune runs (``base`` is ``Trainer`` or ``Seq2SeqTrainer``).
 
-    transformers groups *eval* batches by length too when ``group_by_length`` is on, which
-    reorders predictions relative to the rows we export; we keep grouping for training only.
+    - eval/predict keep dataset order, on one process or many: transformers groups *eval* batches
+      by length when ``group_by_length`` is on, which would reorder predictions relative to the
+      rows we export. A sequential sampler sharded by accelerate and ``gather_for_metrics``
+      (which drops the padding duplicates of the last batch) count each example exactly once.
+    - ``group_by_length`` training batches are grouped with the *global* batch size and a
+      per-epoch seeded generator, so the order does not depend on the number of processes (a
+      2-process run sees the same batches as a 1-process run with twice the batch size) and a
+      resumed run replays the same epoch order (transformers' sampler draws from the global RNG).
+    - checkpoints are atomic (:class:`llmtune.checkpoint.AtomicCheckpointMixin`).
     """
     from torch.utils.data import SequentialSampler
 
-    class OrderedEvalTrainer(base):  # type: ignore[misc, valid-type]
+    from llmtune.checkpoint import AtomicCheckpointMixin
+
+    class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # transformers assumes a model whose forward takes **kwargs normalises its loss by
+            # ``num_items_in_batch`` (then it neither divides by the accumulation steps nor
+            # averages over processes). Mean-reduced losses (sequence classification, BERT's MLM
+            # head, ...) break that assumption: accumulation and multi-process runs would scale the
+            # loss by the step/process count. Ask the model once, on a few training rows.
+            if self.model_accepts_loss_kwargs and (
+                self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1
+            ) and loss_uses_item_count(self) is False:
+                self.model_accepts_loss_kwargs = False
+
         def _get_eval_sampler(self, eval_dataset):
-            if eval_dataset is None or self.args.world_size > 1 or not hasattr(eval_dataset, "__len__"):
-                return super()._get_eval_sampler(eval_dataset) if self.args.world_size > 1 else None
+            if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
+                return None
             return SequentialSampler(eval_dataset)
 
-    OrderedEvalTrainer.__name__ = f"Llmtune{base.__name__}"
-    return OrderedEvalTrainer
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
+                return super()._get_train_sampler(train_dataset)
+            lengths = dataset["length"] if "length" in getattr(dataset, "column_names", []) else None
+            args = self.args
+            return epoch_seeded_length_sampler(
+                args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
+                dataset,
+                lengths,
+                args.data_seed if args.data_seed is not None else args.seed,
+            )
+
+    LlmtuneTrainer.__name__ = f"Llmtune{base.__name__}"
+    return LlmtuneTrainer
+
+
+def loss_uses_item_count(trainer: Any) -> bool | None:
+    """Whether the model's loss is divided by ``num_items_in_batch`` (None: could not tell).
+
+    Two no-grad forwards of the same 4 rows with item counts 1 and 2: a loss that uses the count
+    halves. RNG states are restored, so the probe does not change the run.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    dataset = trainer.train_dataset
+    if dataset is None or not hasattr(dataset, "select") or len(dataset) == 0:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    rows = trainer._remove_unused_columns(dataset.select(range(min(4, len(dataset)))))
+    py_state, np_state = random.getstate(), np.random.get_state()
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            batch = trainer.data_collator([rows[i] for i in range(len(rows))])
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+            model.eval()
+            one = model(**batch, num_items_in_batch=torch.tensor(1.0, device=device)).loss
+            two = model(**batch, num_items_in_batch=torch.tensor(2.0, device=device)).loss
+    except Exception:  # a model that rejects the probe: keep transformers' choice
+        return None
+    finally:
+        model.train(was_training)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    if one is None or two is None or not torch.isfinite(one) or float(one) == 0.0:
+        return None
+    return bool(torch.isclose(one, 2 * two, rtol=1e-4))
+
+
+def epoch_seeded_length_sampler(batch_size: int, dataset: Any, lengths: Any, seed: int) -> Any:
+    """transformers' ``LengthGroupedSampler`` with a generator reseeded from (seed, epoch)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # called by Trainer/accelerate before each epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(seed + self.epoch)
+            return super().__iter__()
+
+    return EpochSeededLengthSampler(batch_size, dataset=dataset, lengths=lengths)
 
 
 def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: bool, ctx: RunContext) -> Any:
@@ -184,6 +278,7 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         dataloader_pin_memory=_has_accelerator(),
         report_to=t.report_to if t.report_to != "none" else "none",
         remove_unused_columns=True,
+        save_safetensors=True,
     )
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     if t.group_by_length and not cfg.data.streaming:
@@ -203,33 +298,19 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-def save_config_callback(cfg: RunConfig) -> Any:
-    from transformers import TrainerCallback
-
-    class SaveConfig(TrainerCallback):
-        """Write the resolved config into every checkpoint folder."""
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if ckpt.is_dir():
-                    cfg.save(ckpt)
-            return control
-
-    return SaveConfig()
-
-
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
 
+    from llmtune.checkpoint import fault_injection_callback, stop_on_signal_callback
+
     cfg = ctx.cfg
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
-    callbacks = [save_config_callback(cfg)]
+    callbacks = [stop_on_signal_callback(), fault_injection_callback()]
     if cfg.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
-    cls = ordered_eval_trainer(base)
-    return cls(
+    cls = llmtune_trainer(base)
+    trainer = cls(
         model=ctx.model,
         args=args,
         data_collator=task.collator(ctx),
@@ -240,6 +321,9 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(ctx),
         callbacks=callbacks,
     )
+    # The resolved config goes into every checkpoint, inside the atomic save.
+    trainer.checkpoint_writers = [cfg.save]
+    return trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,17 +395,22 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     cfg.train.output_dir = str(output_dir)
     prepare_hub_access_for(cfg)
 
-    from accelerate import PartialState
     from transformers import set_seed
 
-    state = PartialState()
+    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+    from llmtune.launch import distributed_state
+
+    state = distributed_state()
     if state.is_main_process:
-        check_output_dir(output_dir, cfg.train.overwrite)
-        if cfg.train.overwrite:
-            remove_stale_checkpoints(output_dir)
+        check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     state.wait_for_everyone()
+    resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     echo("llmtune: resolved config\n" + cfg.to_yaml())
+    if resume_from is not None:
+        echo(f"llmtune: resuming from {resume_from}")
+    elif cfg.train.resume == "auto":
+        echo(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
 
     ctx = RunContext(cfg=cfg, training=True, model_path=cfg.model.name_or_path)
@@ -336,10 +425,32 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     has_eval = "validation" in processed
 
     if state.is_main_process:
+        # Only now, with data and model ready: a failed start leaves earlier outputs untouched.
+        if cfg.train.overwrite:
+            remove_checkpoints(output_dir)
+        remove_partial(output_dir)
         cfg.save(output_dir)
+    state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
     started = time.perf_counter()
-    result = trainer.train()
+    stopper = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnSignal")
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
+    if state.is_main_process:
+        write_jsonl(output_dir / TRAINING_LOG_FILE, trainer.state.log_history)
+    if stopper.stopped and trainer.state.global_step < trainer.state.max_steps:
+        import signal
+
+        from llmtune.checkpoint import RunInterrupted
+
+        name = signal.Signals(stopper.stopped).name
+        raise RunInterrupted(
+            f"stopped by {name} at step {trainer.state.global_step}: checkpoint saved to "
+            f"{output_dir / f'checkpoint-{trainer.state.global_step}'}; continue with the same command and --resume auto",
+            stopper.stopped,
+        )
     train_metrics = clean_metrics(dict(result.metrics))
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
 
@@ -371,12 +482,13 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     return metrics
 
 
-def remove_stale_checkpoints(output_dir: Path) -> None:
-    import shutil
+def precheck_train(cfg: RunConfig) -> None:
+    """Cheap checks worth doing before launching workers: output dir and --resume."""
+    from llmtune.checkpoint import resolve_resume
 
-    for ckpt in output_dir.glob("checkpoint-*"):
-        if ckpt.is_dir():
-            shutil.rmtree(ckpt)
+    output_dir = default_output_dir(cfg)
+    check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
+    resolve_resume(cfg.train.resume, output_dir)
 
 
 def prepare_hub_access_for(cfg: RunConfig) -> None:
@@ -396,10 +508,11 @@ def run_eval(
     output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else Path(model_path) / "eval"
     prepare_hub_access_for(cfg)
 
-    from accelerate import PartialState
     from transformers import set_seed
 
-    state = PartialState()
+    from llmtune.launch import distributed_state
+
+    state = distributed_state()
     if state.is_main_process:
         check_output_dir(output_dir, overwrite=True)
     state.wait_for_everyone()
