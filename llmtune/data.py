@@ -39,6 +39,8 @@ SPLIT_ALIASES = {
     "testb": "test",
 }
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "dev", "eval")
+# Rows held out from the start of a streamed train split when it has no eval split.
+STREAM_VALIDATION_ROWS = 1000
 
 
 def _ext(path: Path) -> str:
@@ -239,6 +241,11 @@ def arrange_splits(raw: Any, data: DataArgs, seed: int, carve_validation: bool, 
             )
         parts = train.train_test_split(test_size=data.validation_split, seed=seed, shuffle=True)
         out["train"], out["validation"] = parts["train"], parts["test"]
+    elif "validation" not in out and carve_validation and "train" in out and streaming:
+        # A stream has no length, so no fraction: the first rows are held out (take) and the
+        # training stream starts after them (skip). Size: data.max_eval_samples.
+        n_eval = data.max_eval_samples or STREAM_VALIDATION_ROWS
+        out["validation"], out["train"] = out["train"].take(n_eval), out["train"].skip(n_eval)
     for name, ds in out.items():
         if not streaming and len(ds) == 0:
             raise LlmtuneError(f"dataset '{source}' split '{name}' is empty: it needs at least one row")
@@ -259,6 +266,9 @@ def column_names(ds: Any) -> list[str]:
     names = getattr(ds, "column_names", None)
     if names is None and getattr(ds, "features", None) is not None:
         names = list(ds.features)
+    if names is None and hasattr(ds, "take"):  # a stream that declares no features (e.g. jsonl)
+        first = next(iter(ds.take(1)), None)
+        names = list(first) if first else None
     return list(names or [])
 
 

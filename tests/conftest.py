@@ -150,3 +150,270 @@ def cli():
         return result
 
     return invoke
+
+
+# ---- seq2seq and sft (summarization, translation, instruction tuning) ---------------------------
+
+# A toy "English -> German" word dictionary: translation is word-by-word, so a tiny model learns it.
+EN_DE = {
+    "the": "der",
+    "a": "ein",
+    "dog": "hund",
+    "cat": "katze",
+    "house": "haus",
+    "car": "auto",
+    "big": "gross",
+    "small": "klein",
+    "red": "rot",
+    "green": "gruen",
+    "runs": "laeuft",
+    "sleeps": "schlaeft",
+    "sees": "sieht",
+    "old": "alt",
+    "new": "neu",
+}
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def make_translation_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    words = list(EN_DE)
+    rows = []
+    for _ in range(n):
+        en = [rng.choice(words) for _ in range(rng.randint(3, 6))]
+        rows.append({"en": " ".join(en), "de": " ".join(EN_DE[w] for w in en)})
+    return rows
+
+
+def make_summary_rows(n: int, seed: int = 0) -> list[dict]:
+    """Documents of filler plus two polarity words; the summary is those two words."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        key = rng.sample(POSITIVE + NEGATIVE, 2)
+        words = rng.sample(NEUTRAL, 8) + key
+        rng.shuffle(words)
+        rows.append({"document": " ".join(words) + ".", "summary": " ".join(key)})
+    return rows
+
+
+def make_sft_rows(n: int, seed: int = 0) -> list[dict]:
+    """Instruction data: 'translate: <en words>' -> the toy German words."""
+    return [{"prompt": f"translate {r['en']}", "response": r["de"]} for r in make_translation_rows(n, seed)]
+
+
+def _seq2seq_corpus() -> list[str]:
+    lines = corpus_lines(300)
+    lines += [f"{r['en']} {r['de']}" for r in make_translation_rows(300, seed=5)]
+    lines += [f"summarize: translate English to German: {r['document']}" for r in make_summary_rows(50, seed=6)]
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer, d_model-32 T5 with a tiny sentencepiece-style BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-t5")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<pad>", "</s>", "<unk>"]
+    tok.train_from_iterator(_seq2seq_corpus(), trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=128
+    )
+    config = T5Config(
+        vocab_size=len(fast),
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        decoder_start_token_id=fast.pad_token_id,
+    )
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer with ChatML special tokens and a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-chat-tok")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    lines = _seq2seq_corpus() + ["user assistant system translate"] * 5
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(lines, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=256,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_chat_tokenizer_dir, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer, hidden-32 Llama saved with the ChatML tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(tiny_chat_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+# ---- NER / QA synthetic data (learnable from single words of the tiny tokenizer's vocabulary) ----
+
+
+def make_ner_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentences of filler words with POS entities (one positive word) and two-word NEG entities
+    ("very" + a negative word): every tag is decided by the word itself, so a tiny model learns it."""
+    rng = random.Random(seed)
+    filler = [w for w in NEUTRAL if w != "very"]
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(2, 4)):
+            words = rng.sample(filler, rng.randint(1, 3))
+            tokens += words
+            tags += ["O"] * len(words)
+            if rng.random() < 0.5:
+                tokens.append(rng.choice(POSITIVE))
+                tags.append("B-POS")
+            else:
+                tokens += ["very", rng.choice(NEGATIVE)]
+                tags += ["B-NEG", "I-NEG"]
+        rows.append({"tokens": tokens, "ner_tags": tags})
+    return rows
+
+
+def make_qa_rows(n: int, seed: int = 0, unanswerable_every: int = 0) -> list[dict]:
+    """Contexts of neutral words holding one positive word: the answer to 'which word is good'.
+
+    With ``unanswerable_every=k`` every k-th context has no positive word and no answer (SQuAD v2).
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(6, 14))]
+        answerable = not (unanswerable_every and i % unanswerable_every == 0)
+        answers: dict = {"text": [], "answer_start": []}
+        if answerable:
+            answer, at = rng.choice(POSITIVE), rng.randint(0, len(words))
+            words.insert(at, answer)
+            answers = {"text": [answer], "answer_start": [sum(len(w) + 1 for w in words[:at])]}
+        context = " ".join(words)
+        rows.append({"id": f"q{i}", "question": "which word is good ?", "context": context, "answers": answers})
+    return rows
+
+
+# ---- language-model pretraining (clm / mlm) ------------------------------------------------------
+
+MULTILINGUAL = [
+    "Byte-level BPE keeps every byte: café, naïve, Zürich.",
+    "今天天气很好，我们去公园散步吧。",
+    "مرحبا بالعالم، هذه جملة عربية قصيرة.",
+    "Emoji too: 🤖🎉👍🏽 and a family 👨‍👩‍👧‍👦.",
+]
+
+
+def lm_corpus_lines(n: int = 300, seed: int = 3) -> list[str]:
+    """Short documents with learnable structure (word order matters) plus a few non-Latin lines."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        noun = rng.choice(["movie", "film", "book", "phone", "room"])
+        good = rng.choice(POSITIVE)
+        lines.append(f"the {noun} was really {good} and the service was {rng.choice(NEGATIVE)} .")
+    return lines + MULTILINGUAL
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer for clm (<s> </s> <pad> <unk>) trained by llmtune itself."""
+    from llmtune.tokenizer_train import TokenizerSpec, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bpe")
+    tok = train_tokenizer(iter(lm_corpus_lines()), TokenizerSpec(type="bpe", vocab_size=400, objective="clm"))
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tiny_bpe_dir, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer, hidden-32 GPT-2 saved with the tiny BPE tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    out = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = AutoTokenizer.from_pretrained(tiny_bpe_dir)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def lm_corpus_txt(tmp_path) -> Path:
+    """A folder with train.txt / validation.txt, one document per line."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    lines = lm_corpus_lines()
+    (folder / "train.txt").write_text("\n".join(lines[:260]) + "\n", encoding="utf-8")
+    (folder / "validation.txt").write_text("\n".join(lines[260:300]) + "\n", encoding="utf-8")
+    return folder
