@@ -211,9 +211,9 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        from benchmarks import write_section
+        from _lmbench import update_benchmarks_md
 
-        write_section("sentiment", section)
+        update_benchmarks_md("bench_sentiment", section)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""Run every benchmark in turn (what `make bench` does); each rewrites its own BENCHMARKS.md section."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["bench_sentiment.py", "bench_streaming.py", "bench_pretrain.py"]
+
+
+def main() -> int:
+    for name in SCRIPTS:
+        print(f"== {name}", flush=True)
+        code = subprocess.call([sys.executable, str(HERE / name)])
+        if code != 0:
+            print(f"{name} failed with exit code {code}", file=sys.stderr)
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
