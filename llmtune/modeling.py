@@ -110,14 +110,81 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     if cfg.revision and ctx.training:
         extra["revision"] = cfg.revision
     if cfg.gguf_file and ctx.training:
+        from transformers import GgufConfig
+
         extra["gguf_file"] = cfg.gguf_file
+        # Unpack every weight to float32: trainable, and saved as a plain safetensors model.
+        extra["quantization_config"] = GgufConfig(dequantize=True)
     extra.update(cfg.config_overrides if ctx.training else {})
     extra.update(kwargs)
     location = model_location(ctx.model_path)
     try:
-        return cls.from_pretrained(location, **extra)
+        model = cls.from_pretrained(location, **extra)
+        if cfg.gguf_file and ctx.training:
+            drop_gguf_quantizer(model)
+        return model
     except OSError as exc:
         raise _hub_error("model", ctx.model_path, exc) from exc
     except ValueError as exc:
         text = str(exc).strip().splitlines()[0]
         raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {text}") from exc
+
+
+def drop_gguf_quantizer(model: Any) -> None:
+    """Forget the GGUF "quantizer" of a fully de-quantized model.
+
+    transformers keeps it attached even when every weight was unpacked to float32, and then the
+    Trainer refuses full fine-tuning ("purely quantized model") and ``save_pretrained`` refuses
+    to serialise. With ``GgufConfig(dequantize=True)`` no packed GGUF layer remains, so the
+    model is an ordinary float model.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", ""))
+    if quantizer is None or not method.lower().endswith("gguf"):
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise LlmtuneError("the GGUF model kept packed (quantized) layers: it cannot be fine-tuned as a float model")
+    quantizer.remove_quantization_config(model)
+
+
+def tokenizer_max_length(tokenizer: Any) -> int:
+    """The tokenizer's ``model_max_length``, or a huge number when it is unset (a 1e30 sentinel)."""
+    limit = getattr(tokenizer, "model_max_length", None) or 10**9
+    return int(limit) if limit < 10**8 else 10**9
+
+
+def model_from_config_dir(ctx: Any, auto_class: str) -> Any:
+    """A randomly initialised ``transformers.<auto_class>`` from ``model.config`` (a folder with
+    config.json, a config.json file, or ``builtin:<name>``), sized to the tokenizer's vocabulary.
+
+    Used by fine-tuning tasks for from-scratch smoke runs; ``config_overrides`` apply.
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    m = ctx.cfg.model
+    path = Path(resolve_location(m.config)).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise LlmtuneError(f"model config not found: {path} (model.config): pass a folder holding config.json")
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=m.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LlmtuneError(f"model.config {path} is not a readable config.json: {str(exc).splitlines()[0]}") from exc
+    for key, value in (m.config_overrides or {}).items():
+        setattr(config, key, value)
+    config.vocab_size = len(ctx.tokenizer)
+    cls = getattr(transformers, auto_class)
+    return cls.from_config(config, dtype=torch.float32, trust_remote_code=m.trust_remote_code)
+
+
+def from_config_problems(cfg: Any) -> list[str]:
+    """Config checks for tasks that build a model with :func:`model_from_config_dir`."""
+    m = cfg.model
+    if m.config and m.name_or_path:
+        return ["set model.name_or_path (--model, pretrained weights) or model.config (random init), not both"]
+    if m.config and not m.tokenizer:
+        return ["model.config (a randomly initialised model) needs model.tokenizer: a tokenizer folder"]
+    return []
