@@ -115,9 +115,17 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         extra["gguf_file"] = cfg.gguf_file
         # Unpack every weight to float32: trainable, and saved as a plain safetensors model.
         extra["quantization_config"] = GgufConfig(dequantize=True)
-    extra.update(cfg.config_overrides if ctx.training else {})
-    extra.update(kwargs)
     location = model_location(ctx.model_path)
+    if ctx.training and cfg.config_overrides:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
+        except OSError as exc:
+            raise _hub_error("model", ctx.model_path, exc) from exc
+        apply_config_overrides(config, cfg.config_overrides)
+        extra["config"] = config
+    extra.update(kwargs)
     try:
         model = cls.from_pretrained(location, **extra)
         if cfg.gguf_file and ctx.training:
@@ -153,38 +161,89 @@ def tokenizer_max_length(tokenizer: Any) -> int:
     return int(limit) if limit < 10**8 else 10**9
 
 
-def model_from_config_dir(ctx: Any, auto_class: str) -> Any:
-    """A randomly initialised ``transformers.<auto_class>`` from ``model.config`` (a folder with
-    config.json, a config.json file, or ``builtin:<name>``), sized to the tokenizer's vocabulary.
+def model_architecture(m: Any) -> Any:
+    """The ``PretrainedConfig`` for a randomly initialised model (``model.config``).
 
-    Used by fine-tuning tasks for from-scratch smoke runs; ``config_overrides`` apply.
+    ``model.config`` is a size preset (:mod:`llmtune.presets`), a folder holding config.json, a
+    config.json file, ``builtin:<name>``, or a Hub config name. ``model.config_overrides`` apply.
     """
-    import torch
-    import transformers
     from transformers import AutoConfig
 
-    m = ctx.cfg.model
-    path = Path(resolve_location(m.config)).expanduser()
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise LlmtuneError(f"model config not found: {path} (model.config): pass a folder holding config.json")
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=m.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise LlmtuneError(f"model.config {path} is not a readable config.json: {str(exc).splitlines()[0]}") from exc
-    for key, value in (m.config_overrides or {}).items():
+    from llmtune.presets import get_preset, preset_names
+
+    preset = get_preset(m.config)
+    if preset is not None:
+        model_type = preset.pop("model_type")
+        config = AutoConfig.for_model(model_type, **preset)
+    else:
+        location = resolve_location(m.config)
+        path = Path(location).expanduser()
+        if path.exists() or location.startswith((".", "/", "~")) or location.endswith(".json"):
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise LlmtuneError(f"model config not found: {path} (model.config / --model-config)")
+        try:
+            config = AutoConfig.from_pretrained(
+                str(path) if path.exists() else location, trust_remote_code=m.trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            raise LlmtuneError(
+                f"model.config '{m.config}' is not a size preset ({', '.join(preset_names())}), a readable "
+                f"config.json, or a Hub config reachable now: {str(exc).strip().splitlines()[0]}"
+            ) from exc
+    apply_config_overrides(config, m.config_overrides)
+    return config
+
+
+def apply_config_overrides(config: Any, overrides: dict | None) -> None:
+    """Set ``model.config_overrides`` on a config; keys the architecture does not have are refused."""
+    unknown = [k for k in (overrides or {}) if not hasattr(config, k)]
+    if unknown:
+        raise LlmtuneError(
+            f"model.config_overrides: {', '.join(sorted(unknown))} not in the {config.model_type} config; "
+            f"valid keys include: {', '.join(sorted(k for k in config.to_dict() if not k.startswith('_'))[:40])}"
+        )
+    for key, value in (overrides or {}).items():
         setattr(config, key, value)
-    config.vocab_size = len(ctx.tokenizer)
+
+
+def model_from_config(ctx: Any, auto_class: str, config: Any = None) -> Any:
+    """A randomly initialised ``transformers.<auto_class>`` sized to the tokenizer's vocabulary,
+    with the tokenizer's special-token ids."""
+    import torch
+    import transformers
+
+    config = config if config is not None else model_architecture(ctx.cfg.model)
+    tok = ctx.tokenizer
+    config.vocab_size = len(tok)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+        value = getattr(tok, name, None)
+        if value is not None:
+            setattr(config, name, value)
     cls = getattr(transformers, auto_class)
-    return cls.from_config(config, dtype=torch.float32, trust_remote_code=m.trust_remote_code)
+    return cls.from_config(config, dtype=torch.float32, trust_remote_code=ctx.cfg.model.trust_remote_code)
 
 
 def from_config_problems(cfg: Any) -> list[str]:
-    """Config checks for tasks that build a model with :func:`model_from_config_dir`."""
-    m = cfg.model
+    """Config checks shared by every task that can start from a randomly initialised model."""
+    from llmtune.presets import near_preset, preset_names
+
+    m, p = cfg.model, []
     if m.config and m.name_or_path:
-        return ["set model.name_or_path (--model, pretrained weights) or model.config (random init), not both"]
-    if m.config and not m.tokenizer:
-        return ["model.config (a randomly initialised model) needs model.tokenizer: a tokenizer folder"]
-    return []
+        p.append(
+            "set model.name_or_path (--model, pretrained weights) or model.config (--model-config, random init), "
+            "not both"
+        )
+    if m.config:
+        typo = near_preset(m.config)
+        if typo:
+            p.append(
+                f"unknown preset '{m.config}' (model.config); did you mean '{typo}'? presets: {', '.join(preset_names())}"
+            )
+        if not m.tokenizer:
+            p.append(
+                "a randomly initialised model (model.config / --model-config) needs a tokenizer: pass --tokenizer DIR "
+                "(train one with `llmtune tokenizer train`)"
+            )
+    return p

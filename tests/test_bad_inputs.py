@@ -198,6 +198,10 @@ def make_cases():
         (remote / "conf.py").write_text("raise SystemExit('remote code ran')\n")
         return c(["--dataset", good_csv(d), "--model", remote])
 
+    @add("unknown-config-override", "hidden_dropout_probb not in the bert config")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--set", "model.config_overrides={hidden_dropout_probb: 0.0}"])
+
     return cases
 
 

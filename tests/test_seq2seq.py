@@ -133,7 +133,7 @@ def test_config_validation():
     assert "options.num_beams must be >= 1" in text
     assert "both 'en'" in text
     assert "data.text_column is not used" in text
-    with pytest.raises(ConfigError, match=r"needs model\.tokenizer"):
+    with pytest.raises(ConfigError, match=r"needs a tokenizer: pass --tokenizer"):
         build_config({"task": "summarization", "model": {"config": "builtin:tiny_t5"}})
 
 

@@ -86,7 +86,8 @@ class LMTask(Task):
                 cfg.train.eval_steps = max(1, cfg.train.max_steps // 4)
 
     def validate(self, cfg: Any) -> list[str]:
-        from llmtune.presets import get_preset, near_preset, preset_names
+        from llmtune.modeling import from_config_problems
+        from llmtune.presets import get_preset
 
         p: list[str] = []
         o, m = cfg.options, cfg.model
@@ -96,26 +97,11 @@ class LMTask(Task):
             p.append(f"options.sample_by must be one of {', '.join(SAMPLE_BY)}, got {o.sample_by!r}")
         if o.pack_batch_size < 1:
             p.append(f"options.pack_batch_size must be >= 1, got {o.pack_batch_size}")
-        if m.config and m.name_or_path:
-            p.append(
-                "set model.name_or_path (--model, continued pretraining) or model.config (--model-config, "
-                "from scratch), not both"
-            )
-        if m.config:
-            preset = get_preset(m.config)
-            typo = near_preset(m.config)
-            if typo:
-                p.append(
-                    f"unknown preset '{m.config}' (model.config); did you mean '{typo}'? presets: {', '.join(preset_names())}"
-                )
-            elif preset is not None and preset["model_type"] not in self.preset_types:
-                kind = "an encoder (bert-*)" if self.objective == "mlm" else "a decoder (gpt2-*, llama-*)"
-                p.append(f"preset '{m.config}' does not fit --objective {self.objective}: pick {kind} preset")
-            if not m.tokenizer:
-                p.append(
-                    "pretraining from scratch (model.config) needs a tokenizer: pass --tokenizer DIR "
-                    "(train one with `llmtune tokenizer train`)"
-                )
+        p.extend(from_config_problems(cfg))
+        preset = get_preset(m.config) if m.config else None
+        if preset is not None and preset["model_type"] not in self.preset_types:
+            kind = "an encoder (bert-*)" if self.objective == "mlm" else "a decoder (gpt2-*, llama-*)"
+            p.append(f"preset '{m.config}' does not fit --objective {self.objective}: pick {kind} preset")
         p.extend(self.validate_options(o))
         return p
 
@@ -147,46 +133,19 @@ class LMTask(Task):
         """Objective-specific requirements (raise LlmtuneError naming the tokenizer)."""
 
     def _model_config(self, ctx: RunContext) -> Any:
-        """The architecture: a preset, a local config.json/folder, a Hub config, or the model's own."""
-        from pathlib import Path
-
+        """The architecture: ``model.config`` (preset, config.json, Hub config) or the model's own."""
         from transformers import AutoConfig
 
-        from llmtune.modeling import model_location
-        from llmtune.paths import resolve_location
-        from llmtune.presets import get_preset, preset_names
+        from llmtune.modeling import _hub_error, model_architecture, model_location
 
         m = ctx.cfg.model
-        if not m.config:
-            location = model_location(m.name_or_path)
-            try:
-                return AutoConfig.from_pretrained(location, trust_remote_code=m.trust_remote_code)
-            except (OSError, ValueError) as exc:
-                from llmtune.modeling import _hub_error
-
-                raise _hub_error("model", m.name_or_path, exc) from exc
-        preset = get_preset(m.config)
-        if preset is not None:
-            model_type = preset.pop("model_type")
-            config = AutoConfig.for_model(model_type, **preset)
-        else:
-            location = resolve_location(m.config)
-            path = Path(location).expanduser()
-            if path.exists() or location.startswith((".", "/", "~")) or location.endswith(".json"):
-                if path.is_dir():
-                    path = path / "config.json"
-                if not path.is_file():
-                    raise LlmtuneError(f"model config not found: {path} (model.config / --model-config)")
-            try:
-                config = AutoConfig.from_pretrained(str(path) if path.exists() else location)
-            except (OSError, ValueError) as exc:
-                raise LlmtuneError(
-                    f"model.config '{m.config}' is not a size preset ({', '.join(preset_names())}), a readable "
-                    f"config.json, or a Hub config reachable now: {str(exc).strip().splitlines()[0]}"
-                ) from exc
-        for key, value in (m.config_overrides or {}).items():
-            setattr(config, key, value)
-        return config
+        if m.config:
+            return model_architecture(m)
+        location = model_location(m.name_or_path)
+        try:
+            return AutoConfig.from_pretrained(location, trust_remote_code=m.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise _hub_error("model", m.name_or_path, exc) from exc
 
     def load_data(self, ctx: RunContext) -> Any:
         from llmtune.data import load_raw
@@ -251,23 +210,13 @@ class LMTask(Task):
 
     # ---- model ------------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
-        import torch
-        import transformers
+        from llmtune.modeling import load_model, model_from_config
 
         tok = ctx.tokenizer
-        cls = getattr(transformers, self.auto_model)
         m = ctx.cfg.model
         if m.config:
-            config = ctx.state["model_config"]
-            config.vocab_size = len(tok)
-            for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
-                value = getattr(tok, name, None)
-                if value is not None:
-                    setattr(config, name, value)
-            model = cls.from_config(config, dtype=torch.float32, trust_remote_code=m.trust_remote_code)
+            model = model_from_config(ctx, self.auto_model, ctx.state["model_config"])
         else:
-            from llmtune.modeling import load_model
-
             model = load_model(ctx, self.auto_model)
             if len(tok) > model.get_input_embeddings().num_embeddings:
                 # A tokenizer with added tokens: grow the embedding matrix to cover them.

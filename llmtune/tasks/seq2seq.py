@@ -192,12 +192,10 @@ class Seq2SeqTask(Task):
             )
 
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import model_from_config_dir
+        from llmtune.modeling import model_from_config
 
         m = ctx.cfg.model
-        model = (
-            model_from_config_dir(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
-        )
+        model = model_from_config(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
         self._configure_generation(ctx, model)
         return model
 

@@ -226,12 +226,10 @@ class SFTTask(Task):
 
     # ---- model --------------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import model_from_config_dir
+        from llmtune.modeling import model_from_config
 
         m = ctx.cfg.model
-        model = (
-            model_from_config_dir(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
-        )
+        model = model_from_config(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         if ctx.cfg.options.packing:
