@@ -124,6 +124,10 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         except OSError as exc:
             raise _hub_error("model", ctx.model_path, exc) from exc
         apply_config_overrides(config, cfg.config_overrides)
+        # With an explicit config, from_pretrained hands leftover kwargs to the model's __init__:
+        # config attributes the task passes (num_labels, id2label, problem_type...) go on the config.
+        for key in [k for k in kwargs if hasattr(config, k)]:
+            setattr(config, key, kwargs.pop(key))
         extra["config"] = config
     extra.update(kwargs)
     try:

@@ -157,9 +157,11 @@ def llmtune_trainer(base: type) -> type:
             # averages over processes). Mean-reduced losses (sequence classification, BERT's MLM
             # head, ...) break that assumption: accumulation and multi-process runs would scale the
             # loss by the step/process count. Ask the model once, on a few training rows.
-            if self.model_accepts_loss_kwargs and (
-                self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1
-            ) and loss_uses_item_count(self) is False:
+            if (
+                self.model_accepts_loss_kwargs
+                and (self.args.gradient_accumulation_steps > 1 or self.args.world_size > 1)
+                and loss_uses_item_count(self) is False
+            ):
                 self.model_accepts_loss_kwargs = False
 
         def _get_eval_sampler(self, eval_dataset):

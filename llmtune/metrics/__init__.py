@@ -43,3 +43,46 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def multilabel_metrics(pred_multi_hot: np.ndarray, label_multi_hot: np.ndarray, label_names: Sequence[str]) -> dict:
+    """Multi-label scores on 0/1 matrices (examples x labels).
+
+    ``subset_accuracy`` counts an example right only when its whole label set is right;
+    micro averages pool every (example, label) decision, macro averages weigh labels equally.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    preds = np.asarray(pred_multi_hot).astype(int)
+    labels = np.asarray(label_multi_hot).astype(int)
+    out: dict[str, float] = {
+        "subset_accuracy": float((preds == labels).all(axis=1).mean()) if len(labels) else 0.0,
+        "hamming_loss": float((preds != labels).mean()) if labels.size else 0.0,
+    }
+    for average in ("micro", "macro"):
+        p, r, f, _ = precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    _ps, _rs, fs, _ = precision_recall_fscore_support(labels, preds, average=None, zero_division=0)
+    for i, name in enumerate(label_names):
+        out[f"f1_{metric_key(name)}"] = float(fs[i])
+    return out
+
+
+def regression_metrics(preds: Sequence[float], labels: Sequence[float]) -> dict:
+    """MSE, RMSE, MAE, Pearson and Spearman correlation (NaN-free: constant inputs give 0)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    preds = np.asarray(preds, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    err = preds - labels
+    mse = float(np.mean(err**2)) if len(err) else 0.0
+    out = {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))) if len(err) else 0.0}
+    # Correlations are undefined for constant input (an untrained model often predicts a constant).
+    varies = len(preds) > 1 and np.ptp(preds) > 0 and np.ptp(labels) > 0
+    out["pearson"] = float(pearsonr(preds, labels)[0]) if varies else 0.0
+    out["spearman"] = float(spearmanr(preds, labels)[0]) if varies else 0.0
+    return out

@@ -67,11 +67,12 @@ class Task:
         return []
 
     # ---- run time -------------------------------------------------------------------------
-    def load_tokenizer(self, ctx: RunContext) -> Any:
+    def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
+        """``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``add_prefix_space=True``)."""
         from llmtune.modeling import load_tokenizer
 
         spec = ctx.cfg.model.tokenizer if ctx.training and ctx.cfg.model.tokenizer else ctx.model_path
-        tokenizer = load_tokenizer(spec, ctx.cfg.model if ctx.training else None)
+        tokenizer = load_tokenizer(spec, ctx.cfg.model if ctx.training else None, **kwargs)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without one
         return tokenizer
@@ -138,3 +139,24 @@ class Task:
 
     def options_dict(self, cfg: RunConfig) -> dict:
         return dataclasses.asdict(cfg.options) if dataclasses.is_dataclass(cfg.options) else {}
+
+
+def predict_outputs(trainer: Any, split: Any) -> Any:
+    """``trainer.predict`` without ``compute_metrics``: for tasks that score predictions against
+    the raw split themselves (NER word-level tags, QA answer spans) rather than per batch."""
+    saved = trainer.compute_metrics
+    trainer.compute_metrics = None
+    try:
+        return trainer.predict(split, metric_key_prefix="eval")
+    finally:
+        trainer.compute_metrics = saved
+
+
+def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        from llmtune.errors import LlmtuneError
+
+        raise LlmtuneError(
+            f"task {task} needs a fast (Rust) tokenizer for {why}, but {type(tokenizer).__name__} is slow: "
+            f"pick a model that ships tokenizer.json"
+        )

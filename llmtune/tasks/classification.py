@@ -1,7 +1,15 @@
 """Text classification (``sentiment`` is the same task with sentiment-data defaults).
 
-Single sentences or sentence pairs; integer, boolean or string labels. Label names are stored in
-the model config (``id2label``/``label2id``) so a saved model reports names.
+Single sentences or sentence pairs (``data.text_pair_column``). Three problem types, detected from
+the label column or set with ``options.problem_type``:
+
+- single label: integer, boolean or string class labels (softmax, accuracy and F1);
+- multi label: list-valued labels such as ``["sports", "politics"]`` (sigmoid per label,
+  ``options.threshold``, micro/macro F1 and subset accuracy);
+- regression: float labels such as STS-B similarity scores (one output, MSE, Pearson, Spearman).
+
+Label names are stored in the model config (``id2label``/``label2id``) and the problem type in
+``config.problem_type``, so a saved model reports names and is evaluated the same way.
 """
 
 from __future__ import annotations
@@ -14,12 +22,26 @@ from llmtune.tasks.base import RunContext, Task
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels")
+PROBLEM_TYPES = ("auto", "single_label", "multi_label", "regression")
+# llmtune name -> ``PretrainedConfig.problem_type`` (which picks the loss in transformers)
+HF_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+# metric used to pick the best checkpoint when train.metric_for_best_model is not set
+BEST_METRIC = {"single_label": ("accuracy", True), "multi_label": ("f1_micro", True), "regression": ("mse", False)}
 
 
 @dataclass
 class ClassificationOptions:
     # Names for integer labels, in id order (e.g. [negative, positive] for SST-2's 0/1).
     label_names: list[str] | None = None
+    # auto | single_label | multi_label | regression. auto: list-valued labels -> multi_label,
+    # non-integer numbers -> regression, otherwise single_label.
+    problem_type: str = "auto"
+    # multi_label: a label is predicted when its sigmoid probability is >= threshold.
+    threshold: float = 0.5
 
 
 class ClassificationTask(Task):
@@ -36,10 +58,79 @@ class ClassificationTask(Task):
         self.description = description
 
     def validate(self, cfg: Any) -> list[str]:
-        names = cfg.options.label_names
+        o = cfg.options
+        problems = []
+        names = o.label_names
         if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
-            return [f"options.label_names needs at least two distinct names, got {names}"]
-        return []
+            problems.append(f"options.label_names needs at least two distinct names, got {names}")
+        if o.problem_type not in PROBLEM_TYPES:
+            problems.append(f"options.problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {o.problem_type!r}")
+        if not 0 < o.threshold < 1:
+            problems.append(f"options.threshold must be between 0 and 1, got {o.threshold}")
+        if o.problem_type == "regression" and names is not None:
+            problems.append("options.label_names does not apply to options.problem_type=regression: remove it")
+        return problems
+
+    # ---- problem type -----------------------------------------------------------------------
+    def _problem_type(self, ctx: RunContext, train: Any, label_col: str) -> str:
+        """single_label / multi_label / regression: from options, a saved model, or the labels."""
+        if not ctx.training:
+            saved = getattr(ctx.model.config, "problem_type", None)
+            by_hf = {v: k for k, v in HF_PROBLEM_TYPES.items()}
+            if saved in by_hf:
+                return by_hf[saved]
+            return "regression" if ctx.model.config.num_labels == 1 else "single_label"
+        wanted = ctx.cfg.options.problem_type
+        if wanted != "auto":
+            return wanted
+        feature = train.features.get(label_col)
+        if feature is not None and hasattr(feature, "names"):
+            return "single_label"
+        if _is_list_feature(feature):
+            return "multi_label"
+        if isinstance(feature, dict):  # a struct column: no kernel for unique(), no meaning as a label
+            raise LlmtuneError(
+                f"label column '{label_col}' holds unsupported label values (mappings): use integer, string, "
+                f"list or numeric labels"
+            )
+        values = train.unique(label_col)
+        if any(isinstance(v, float) and not v.is_integer() for v in values):
+            return "regression"
+        return "single_label"
+
+    def _multi_label_space(self, ctx: RunContext, train: Any, label_col: str) -> list[str]:
+        feature = train.features.get(label_col)
+        inner = _list_inner(feature)
+        explicit = ctx.cfg.options.label_names
+        if inner is not None and hasattr(inner, "names"):  # Sequence(ClassLabel)
+            return list(explicit or inner.names)
+        if not _is_list_feature(feature):
+            raise LlmtuneError(
+                f"options.problem_type=multi_label needs list-valued labels in column '{label_col}' "
+                f'(e.g. ["sports", "politics"] in jsonl), got {feature}'
+            )
+        values: set = set()
+        for row in train[label_col]:
+            if row is None:
+                raise LlmtuneError(f"label column '{label_col}' has empty values: use [] for an example with no label")
+            values.update(row)
+        kinds = {_label_kind(v) for v in values}
+        if kinds - {"int", "str"} or len(kinds) > 1:
+            bad = next(v for v in values if _label_kind(v) not in ("int", "str") or len(kinds) > 1)
+            raise LlmtuneError(
+                f"label column '{label_col}' holds unsupported label {bad!r} in a label list; "
+                f"multi-label classification needs lists of integer or string labels"
+            )
+        if explicit:
+            known = set(explicit) if "str" in kinds else set(range(len(explicit)))
+            unknown = sorted(v for v in values if v not in known)
+            if unknown:
+                raise LlmtuneError(f"labels {unknown} are not in options.label_names {explicit}")
+            return list(explicit)
+        if "int" in kinds:
+            ints = sorted(int(v) for v in values)
+            return [str(i) for i in range(ints[-1] + 1)] if ints[0] == 0 else [str(i) for i in ints]
+        return sorted(values)
 
     # ---- labels ----------------------------------------------------------------------------
     def _label_space(self, ctx: RunContext, train: Any, label_col: str) -> list[str]:
@@ -52,6 +143,8 @@ class ClassificationTask(Task):
         kinds = {_label_kind(v) for v in values}
         if "missing" in kinds:
             raise LlmtuneError(f"label column '{label_col}' has empty values: every row needs a label")
+        if kinds == {"int", "float"}:
+            kinds = {"float"}  # e.g. 1.0, 1.75, 3.0: scores, not classes
         if "other" in kinds or len(kinds) > 1:
             bad = next(v for v in values if _label_kind(v) == "other" or len(kinds) > 1)
             raise LlmtuneError(
@@ -62,7 +155,8 @@ class ClassificationTask(Task):
         if kind == "float":
             raise LlmtuneError(
                 f"label column '{label_col}' holds non-integer numbers (e.g. {values[0]!r}); "
-                f"classification needs integer or string class labels"
+                f"single-label classification needs integer or string class labels; for scores set "
+                f"options.problem_type=regression"
             )
         if kind == "str":
             if explicit:
@@ -114,17 +208,66 @@ class ClassificationTask(Task):
         label_col = _pick(first, cfg.data.label_column, LABEL_COLUMNS, "label", "data.label_column")
         ctx.columns = {"text": text_col, "text_pair": pair_col, "label": label_col}
 
-        if ctx.training:
-            names = self._label_space(ctx, raw["train"], label_col)
-        else:
+        problem = self._problem_type(ctx, first, label_col)
+        ctx.state["problem_type"] = problem
+        if not ctx.training:
             id2label = ctx.model.config.id2label
             names = [str(id2label[i]) for i in range(len(id2label))]
-        ctx.state["label_names"] = names
+        elif problem == "regression":
+            names = ["score"]
+        elif problem == "multi_label":
+            names = self._multi_label_space(ctx, raw["train"], label_col)
+        else:
+            if _is_list_feature(raw["train"].features.get(label_col)):
+                raise LlmtuneError(
+                    f"label column '{label_col}' holds lists of labels: drop options.problem_type=single_label "
+                    f"(or set it to multi_label)"
+                )
+            names = self._label_space(ctx, raw["train"], label_col)
+        # Regression has no label names to show (the model card lists label_names when set).
+        ctx.state["label_names"] = None if problem == "regression" else names
+        ctx.state["output_names"] = names
         # Integer data labels map to names "0", "1", ...; when the names are words (e.g. a model
         # trained on "negative"/"positive" scored on 0/1 data) an integer is taken as the id.
         numeric_ids = not all(n.lstrip("-").isdigit() for n in names)
         to_id = self._label_lookup(names, numeric_ids)
         tokenizer, max_length = ctx.tokenizer, min(cfg.data.max_length, _model_max(ctx))
+
+        def unknown(value: Any, split: str) -> LlmtuneError:
+            return LlmtuneError(
+                f"label {value!r} in split '{split}' is not one the model knows "
+                f"({', '.join(names)}): fix the data or retrain with that label"
+            )
+
+        def encode_label(value: Any, class_names: list[str] | None, split: str) -> Any:
+            if problem == "regression":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
+                    raise LlmtuneError(
+                        f"label column '{label_col}' in split '{split}' has a missing or non-numeric value {value!r}: "
+                        f"regression needs a number in every row"
+                    )
+                return float(value)
+            if problem == "multi_label":
+                if value is None or not isinstance(value, (list, tuple)):
+                    raise LlmtuneError(
+                        f"label column '{label_col}' in split '{split}' has {value!r} where a list of labels "
+                        f"is expected (use [] for no label)"
+                    )
+                hot = [0.0] * len(names)
+                for item in value:
+                    if class_names is not None and isinstance(item, int) and item >= 0:
+                        item = class_names[item]
+                    label_id = to_id(item)
+                    if label_id is None:
+                        raise unknown(item, split)
+                    hot[label_id] = 1.0
+                return hot
+            if class_names is not None and isinstance(value, int) and value >= 0:
+                value = class_names[value]
+            label_id = to_id(value)
+            if label_id is None:
+                raise unknown(value, split)
+            return label_id
 
         out = {}
         for split, ds in raw.items():
@@ -132,24 +275,14 @@ class ClassificationTask(Task):
                 if col and col not in ds.column_names:
                     raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
             feature = ds.features.get(label_col)
-            class_names = list(feature.names) if feature is not None and hasattr(feature, "names") else None
+            inner = _list_inner(feature) if problem == "multi_label" else feature
+            class_names = list(inner.names) if inner is not None and hasattr(inner, "names") else None
 
             def encode(batch: dict, _class_names=class_names, _split=split) -> dict:
                 texts = [t if t is not None else "" for t in batch[text_col]]
                 pairs = [t if t is not None else "" for t in batch[pair_col]] if pair_col else None
                 enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-                labels = []
-                for value in batch[label_col]:
-                    if _class_names is not None and isinstance(value, int) and value >= 0:
-                        value = _class_names[value]
-                    label_id = to_id(value)
-                    if label_id is None:
-                        raise LlmtuneError(
-                            f"label {value!r} in split '{_split}' is not one the model knows "
-                            f"({', '.join(names)}): fix the data or retrain with that label"
-                        )
-                    labels.append(label_id)
-                enc["labels"] = labels
+                enc["labels"] = [encode_label(v, _class_names, _split) for v in batch[label_col]]
                 enc["length"] = [len(ids) for ids in enc["input_ids"]]
                 return enc
 
@@ -166,53 +299,98 @@ class ClassificationTask(Task):
     def build_model(self, ctx: RunContext) -> Any:
         from llmtune.modeling import load_model
 
-        names = ctx.state["label_names"]
+        names = ctx.state["output_names"]
+        problem = ctx.state["problem_type"]
         model = load_model(
             ctx,
             self.auto_model,
             num_labels=len(names),
             id2label=dict(enumerate(names)),
             label2id={n: i for i, n in enumerate(names)},
-            problem_type="single_label_classification",
+            problem_type=HF_PROBLEM_TYPES[problem],
             ignore_mismatched_sizes=True,
         )
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         return model
 
-    def compute_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.metrics import classification_metrics
+    def training_args(self, ctx: RunContext) -> dict:
+        if ctx.cfg.train.metric_for_best_model is not None:
+            return {}
+        metric, greater = BEST_METRIC[ctx.state.get("problem_type", "single_label")]
+        return {"metric_for_best_model": metric, "greater_is_better": greater}
 
-        names = ctx.state["label_names"]
+    def _scores(self, ctx: RunContext, logits: Any) -> Any:
+        """Softmax probabilities, sigmoid probabilities, or the regression output (examples x outputs)."""
+        from llmtune.metrics import sigmoid, softmax
+
+        logits = (logits[0] if isinstance(logits, tuple) else logits).astype("float64")
+        problem = ctx.state["problem_type"]
+        if problem == "multi_label":
+            return sigmoid(logits)
+        return logits if problem == "regression" else softmax(logits)
+
+    def compute_metrics(self, ctx: RunContext) -> Any:
+        from llmtune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+
+        names = ctx.state["output_names"]
+        problem = ctx.state["problem_type"]
+        threshold = ctx.cfg.options.threshold
 
         def compute(eval_pred: Any) -> dict:
-            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-            return classification_metrics(logits.argmax(-1), eval_pred.label_ids, names)
+            scores = self._scores(ctx, eval_pred.predictions)
+            labels = eval_pred.label_ids
+            if problem == "regression":
+                return regression_metrics(scores[:, 0], labels)
+            if problem == "multi_label":
+                return multilabel_metrics(scores >= threshold, labels, names)
+            return classification_metrics(scores.argmax(-1), labels, names)
 
         return compute
 
     def headline(self, metrics: dict) -> dict:
-        keep = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+        keep = (
+            "loss",
+            "accuracy",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+            "f1_micro",
+            "subset_accuracy",
+            "mse",
+            "rmse",
+            "mae",
+            "pearson",
+            "spearman",
+        )
         return {
             k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.split("_", 1)[-1].startswith("f1_")
         }
 
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
-        from llmtune.metrics import softmax
-
-        names = ctx.state["label_names"]
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        probs = softmax(logits.astype("float64"))
-        pred_ids = probs.argmax(-1)
+        names = ctx.state["output_names"]
+        problem = ctx.state["problem_type"]
+        threshold = ctx.cfg.options.threshold
+        scores = self._scores(ctx, output.predictions)
+        labels = output.label_ids
         cols = ctx.columns
         rows = []
         for i, example in enumerate(raw_split):
             row = {"text": example[cols["text"]]}
             if cols.get("text_pair"):
                 row["text_pair"] = example[cols["text_pair"]]
-            row["label"] = names[int(output.label_ids[i])]
-            row["prediction"] = names[int(pred_ids[i])]
-            row["score"] = round(float(probs[i, pred_ids[i]]), 6)
+            if problem == "regression":
+                row["label"] = float(labels[i])
+                row["prediction"] = round(float(scores[i, 0]), 6)
+            elif problem == "multi_label":
+                row["label"] = [n for n, on in zip(names, labels[i], strict=False) if on >= 0.5]
+                row["prediction"] = [n for n, p in zip(names, scores[i], strict=False) if p >= threshold]
+                row["scores"] = {n: round(float(p), 6) for n, p in zip(names, scores[i], strict=False)}
+            else:
+                pred = int(scores[i].argmax())
+                row["label"] = names[int(labels[i])]
+                row["prediction"] = names[pred]
+                row["score"] = round(float(scores[i, pred]), 6)
             rows.append(row)
         return rows
 
@@ -221,6 +399,17 @@ def _pick(ds: Any, explicit: str | None, candidates: tuple[str, ...], what: str,
     from llmtune.data import pick_column
 
     return pick_column(ds, explicit, candidates, what, key)
+
+
+def _list_inner(feature: Any) -> Any:
+    """The item feature of a list-valued column (``List``/``Sequence``/``LargeList``), else None."""
+    if feature is None or not _is_list_feature(feature):
+        return None
+    return feature[0] if isinstance(feature, list) else feature.feature
+
+
+def _is_list_feature(feature: Any) -> bool:
+    return isinstance(feature, list) or type(feature).__name__ in ("List", "Sequence", "LargeList")
 
 
 def _label_kind(value: Any) -> str:
