@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    ap.add_argument("--skip-baseline", action="store_true", help="llmtune runs only (implies --no-write)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="extra llmtune --set overrides")
     args = ap.parse_args()
 
     from llmtune.paths import resolve_location
@@ -127,8 +129,9 @@ def main() -> None:
         script.write_text(BASELINE)
         for seed in args.seeds:
             common = [str(args.lr), str(args.batch_size), str(args.epochs), str(seed), str(args.max_length)]
-            out = run([sys.executable, str(script), model, str(data), str(work / f"base{seed}"), *common], work)
-            results["plain Trainer script"].append(json.loads(out.strip().splitlines()[-1]))
+            if not args.skip_baseline:
+                out = run([sys.executable, str(script), model, str(data), str(work / f"base{seed}"), *common], work)
+                results["plain Trainer script"].append(json.loads(out.strip().splitlines()[-1]))
 
             out_dir = work / f"llmtune{seed}"
             run(
@@ -163,6 +166,7 @@ def main() -> None:
                     "train.weight_decay=0",
                     "--set",
                     "train.logging_steps=50",
+                    *[x for s in args.sets for x in ("--set", s)],
                 ],
                 work,
             )
@@ -188,7 +192,7 @@ def main() -> None:
                     "train_wall_seconds": train_metrics["train_wall_seconds"],
                 }
             )
-            print(f"seed {seed}: baseline {results['plain Trainer script'][-1]} llmtune {results['llmtune'][-1]}")
+            print(f"seed {seed}: {json.dumps({k: v[-1] for k, v in results.items() if v})}", flush=True)
 
     lines = [
         "## Sentiment fine-tuning: llmtune vs plain Trainer (issue 2)",
@@ -202,6 +206,8 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for name, rows in results.items():
+        if not rows:
+            continue
         accs = [r["accuracy"] * 100 for r in rows]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         sps = statistics.mean(r["train_samples_per_second"] for r in rows)
@@ -210,7 +216,7 @@ def main() -> None:
     lines += ["", "Reproduce: `python benchmarks/bench_sentiment.py` (or `make bench`).", ""]
     section = "\n".join(lines)
     print(section)
-    if not args.no_write:
+    if not (args.no_write or args.skip_baseline):
         from _lmbench import update_benchmarks_md
 
         update_benchmarks_md("bench_sentiment", section)

@@ -113,6 +113,8 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
+    # How many batches are sorted by length together (more: less padding, less random batches).
+    group_by_length_batches: int = 4
     dataloader_num_workers: int = 0
     overwrite: bool = False
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
@@ -370,6 +372,8 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
             p.append(f"train.early_stopping_patience must be >= 1, got {t.early_stopping_patience}")
         if t.eval_strategy == "no":
             p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
+    if t.group_by_length_batches < 1:
+        p.append(f"train.group_by_length_batches must be >= 1, got {t.group_by_length_batches}")
     if t.logging_steps < 1:
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:

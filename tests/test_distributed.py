@@ -58,9 +58,9 @@ def test_torchrun_two_processes_match_one(single, tiny_bert_dir, data, tmp_path)
     m1 = json.loads((single / "metrics.json").read_text())["eval"]
     m2 = json.loads((out / "metrics.json").read_text())["eval"]
     assert m1["eval_accuracy"] == m2["eval_accuracy"]
-    # eval_loss: transformers repeats each batch's mean loss per row, and the padded last batch of
-    # a distributed eval mixes in duplicates before that mean; predictions-based metrics are exact.
-    assert abs(m1["eval_loss"] - m2["eval_loss"]) < 1e-2
+    # eval_loss is recomputed from the gathered logits (each example once), so it matches too,
+    # although the padded last batch of a distributed eval repeats rows.
+    assert abs(m1["eval_loss"] - m2["eval_loss"]) < 1e-5
     # Checkpoints hold one RNG state per rank, and are complete.
     ckpt = sorted(out.glob("checkpoint-*"))[-1]
     assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}

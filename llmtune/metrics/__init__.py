@@ -86,3 +86,24 @@ def regression_metrics(preds: Sequence[float], labels: Sequence[float]) -> dict:
     out["pearson"] = float(pearsonr(preds, labels)[0]) if varies else 0.0
     out["spearman"] = float(spearmanr(preds, labels)[0]) if varies else 0.0
     return out
+
+
+def classification_loss(problem: str, logits: np.ndarray, labels: np.ndarray) -> float:
+    """The model's training loss recomputed over every evaluated example exactly once.
+
+    transformers' eval loop averages per-batch mean losses, and in a multi-process run the padded
+    last batch repeats a few examples; recomputing from the gathered logits (each example once)
+    gives the true mean: cross-entropy, binary cross-entropy per label, or MSE, as the
+    ``*ForSequenceClassification`` heads compute them.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    if problem == "regression":
+        return float(np.mean((logits.reshape(len(logits), -1)[:, 0] - labels.reshape(-1).astype(np.float64)) ** 2))
+    if problem == "multi_label":
+        y = labels.astype(np.float64)
+        # log(1 + exp(-|x|)) + max(x, 0) - x*y: a stable BCE-with-logits
+        return float(np.mean(np.logaddexp(0.0, -np.abs(logits)) + np.maximum(logits, 0.0) - logits * y))
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels.astype(np.int64)].mean())

@@ -160,3 +160,23 @@ def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> None:
             f"task {task} needs a fast (Rust) tokenizer for {why}, but {type(tokenizer).__name__} is slow: "
             f"pick a model that ships tokenizer.json"
         )
+
+
+def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: tuple = (), **kwargs: Any) -> Any:
+    """``datasets.map(encode)`` over one split: batched, cached, the raw columns replaced.
+
+    ``required`` columns are checked first, so a split missing one fails in one line.
+    """
+    from llmtune.errors import LlmtuneError
+
+    for col in required:
+        if col and col not in ds.column_names:
+            raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
+    return ds.map(
+        encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        num_proc=ctx.cfg.data.num_proc,
+        desc=f"tokenizing {split}",
+        **kwargs,
+    )

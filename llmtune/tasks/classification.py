@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task
+from llmtune.modeling import tokenizer_max_length
+from llmtune.tasks.base import RunContext, Task, tokenize_split
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels")
@@ -231,7 +232,7 @@ class ClassificationTask(Task):
         # trained on "negative"/"positive" scored on 0/1 data) an integer is taken as the id.
         numeric_ids = not all(n.lstrip("-").isdigit() for n in names)
         to_id = self._label_lookup(names, numeric_ids)
-        tokenizer, max_length = ctx.tokenizer, min(cfg.data.max_length, _model_max(ctx))
+        tokenizer, max_length = ctx.tokenizer, min(cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
 
         def unknown(value: Any, split: str) -> LlmtuneError:
             return LlmtuneError(
@@ -271,9 +272,6 @@ class ClassificationTask(Task):
 
         out = {}
         for split, ds in raw.items():
-            for col in (text_col, pair_col, label_col):
-                if col and col not in ds.column_names:
-                    raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
             feature = ds.features.get(label_col)
             inner = _list_inner(feature) if problem == "multi_label" else feature
             class_names = list(inner.names) if inner is not None and hasattr(inner, "names") else None
@@ -286,13 +284,7 @@ class ClassificationTask(Task):
                 enc["length"] = [len(ids) for ids in enc["input_ids"]]
                 return enc
 
-            out[split] = ds.map(
-                encode,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=cfg.data.num_proc,
-                desc=f"tokenizing {split}",
-            )
+            out[split] = tokenize_split(ctx, ds, split, encode, required=(text_col, pair_col, label_col))
         return out
 
     # ---- model ------------------------------------------------------------------------------
@@ -331,20 +323,30 @@ class ClassificationTask(Task):
         return logits if problem == "regression" else softmax(logits)
 
     def compute_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.metrics import classification_metrics, multilabel_metrics, regression_metrics
+        from llmtune.metrics import (
+            classification_loss,
+            classification_metrics,
+            multilabel_metrics,
+            regression_metrics,
+        )
 
         names = ctx.state["output_names"]
         problem = ctx.state["problem_type"]
         threshold = ctx.cfg.options.threshold
 
         def compute(eval_pred: Any) -> dict:
-            scores = self._scores(ctx, eval_pred.predictions)
+            logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+            scores = self._scores(ctx, logits)
             labels = eval_pred.label_ids
             if problem == "regression":
-                return regression_metrics(scores[:, 0], labels)
-            if problem == "multi_label":
-                return multilabel_metrics(scores >= threshold, labels, names)
-            return classification_metrics(scores.argmax(-1), labels, names)
+                out = regression_metrics(scores[:, 0], labels)
+            elif problem == "multi_label":
+                out = multilabel_metrics(scores >= threshold, labels, names)
+            else:
+                out = classification_metrics(scores.argmax(-1), labels, names)
+            # Replaces the Trainer's eval_loss (a mean of batch means) with the exact mean.
+            out["loss"] = classification_loss(problem, logits, labels)
+            return out
 
         return compute
 
@@ -424,11 +426,6 @@ def _label_kind(value: Any) -> str:
     if isinstance(value, str):
         return "str" if value.strip() else "missing"
     return "other"
-
-
-def _model_max(ctx: RunContext) -> int:
-    limit = getattr(ctx.tokenizer, "model_max_length", None) or 10**9
-    return int(limit) if limit < 10**8 else 10**9
 
 
 TASKS = [

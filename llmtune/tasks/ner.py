@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer
+from llmtune.modeling import tokenizer_max_length
+from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer, tokenize_split
 
 TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "ner", "labels")
@@ -238,14 +239,10 @@ class NerTask(Task):
         cont = continuation_ids(names)
         label_all = cfg.options.label_all_tokens
         tokenizer = ctx.tokenizer
-        limit = getattr(tokenizer, "model_max_length", None) or 10**9
-        max_length = min(cfg.data.max_length, int(limit) if limit < 10**8 else 10**9)
+        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
 
         out = {}
         for split, ds in raw.items():
-            for col in (tok_col, tag_col):
-                if col not in ds.column_names:
-                    raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
             inner = _inner_feature(ds.features.get(tag_col))
             class_names = list(inner.names) if inner is not None and hasattr(inner, "names") else None
             # integers without a ClassLabel: options.label_names when training, else model ids
@@ -284,14 +281,7 @@ class NerTask(Task):
                 enc["word_labels"] = word_labels
                 return enc
 
-            out[split] = ds.map(
-                encode,
-                batched=True,
-                with_indices=True,
-                remove_columns=ds.column_names,
-                num_proc=cfg.data.num_proc,
-                desc=f"tokenizing {split}",
-            )
+            out[split] = tokenize_split(ctx, ds, split, encode, required=(tok_col, tag_col), with_indices=True)
         if "validation" in out:
             ctx.state["eval_alignment"] = (list(out["validation"]["word_ids"]), list(out["validation"]["word_labels"]))
         return out

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer
+from llmtune.modeling import tokenizer_max_length
+from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer, tokenize_split
 
 
 @dataclass
@@ -262,13 +263,9 @@ class QaTask(Task):
         cfg, o = ctx.cfg, ctx.cfg.options
         tokenizer = ctx.tokenizer
         pad_right = tokenizer.padding_side == "right"
-        limit = getattr(tokenizer, "model_max_length", None) or 10**9
-        max_length = min(cfg.data.max_length, int(limit) if limit < 10**8 else 10**9)
+        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
         stride = min(o.doc_stride, max_length // 2)
         q_col, c_col, a_col = o.question_column, o.context_column, o.answers_column
-        for col in (q_col, c_col, a_col):
-            if col not in ds.column_names:
-                raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
         context_id = 1 if pad_right else 0
 
         def encode(batch: dict, indices: list[int]) -> dict:
@@ -326,14 +323,7 @@ class QaTask(Task):
             enc["length"] = [sum(m) for m in enc["attention_mask"]]
             return enc
 
-        features = ds.map(
-            encode,
-            batched=True,
-            with_indices=True,
-            remove_columns=ds.column_names,
-            num_proc=cfg.data.num_proc,
-            desc=f"tokenizing {split}",
-        )
+        features = tokenize_split(ctx, ds, split, encode, required=(q_col, c_col, a_col), with_indices=True)
         if split == "train":
             features = features.remove_columns(["offset_mapping", "example_index", "null_position"])
         return features

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, predict_outputs
+from llmtune.tasks.base import RunContext, Task, predict_outputs, tokenize_split
 
 SUMMARY_SOURCES = ("document", "dialogue", "article", "text", "content", "source", "input")
 SUMMARY_TARGETS = ("summary", "highlights", "abstract", "target", "output")
@@ -163,16 +163,7 @@ class Seq2SeqTask(Task):
 
         out = {}
         for split, ds in raw.items():
-            for col in (src_col, tgt_col):
-                if col not in ds.column_names:
-                    raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
-            out[split] = ds.map(
-                encode,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=cfg.data.num_proc,
-                desc=f"tokenizing {split}",
-            )
+            out[split] = tokenize_split(ctx, ds, split, encode, required=(src_col, tgt_col))
         return out
 
     # ---- model --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task
+from llmtune.tasks.base import RunContext, Task, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
 INPUT_COLUMNS = ("input", "context")
@@ -204,13 +204,7 @@ class SFTTask(Task):
 
         out = {}
         for split, ds in raw.items():
-            encoded = ds.map(
-                encode,
-                batched=True,
-                remove_columns=ds.column_names,
-                num_proc=cfg.data.num_proc,
-                desc=f"tokenizing {split}",
-            )
+            encoded = tokenize_split(ctx, ds, split, encode)
             # Rows whose answers were truncated away teach nothing (and would divide by zero).
             out[split] = encoded.filter(
                 lambda b: [any(x != -100 for x in labels) for labels in b["labels"]],
