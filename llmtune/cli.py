@@ -87,6 +87,7 @@ def main(
 ) -> None:
     if debug:
         _state["debug"] = True
+        os.environ["LLMTUNE_DEBUG"] = "1"  # launched workers inherit it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,6 +422,7 @@ def run() -> None:
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
         _state["debug"] = True
+        os.environ["LLMTUNE_DEBUG"] = "1"
     app()
 
 

@@ -182,7 +182,7 @@ def check_options(opts: LaunchOptions) -> None:
 
 def launch_command(argv: list[str], opts: LaunchOptions) -> list[str]:
     """The ``accelerate launch`` command line that re-runs ``argv`` (llmtune's args, launch flags removed)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [sys.executable, "-m", "llmtune.launch"]  # accelerate's launcher, see launcher_main
     if opts.accelerate_config is not None:
         cmd += ["--config_file", str(resolve_accelerate_config(opts.accelerate_config))]
     else:
@@ -236,6 +236,8 @@ def relaunch(opts: LaunchOptions, argv: list[str] | None = None) -> int:
     os.close(fd)
     env = {**os.environ, STATUS_ENV: status}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if os.environ.get("LLMTUNE_DEBUG", "") in ("", "0"):
+        env.setdefault("LOGLEVEL", "ERROR")  # torch elastic's own warnings ("Sending process closing signal")
     proc = subprocess.Popen(cmd, env=env)
     previous_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(signal.SIGTERM))
     previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -309,3 +311,33 @@ def launchable(fn: Callable) -> Callable:
     wrapper.__annotations__ = annotations
     del wrapper.__wrapped__  # Typer must read our signature, not the wrapped function's
     return wrapper
+
+
+def launcher_main(argv: list[str]) -> int:
+    """``accelerate launch`` with llmtune's error contract (run as ``python -m llmtune.launch``).
+
+    When a worker fails it has already printed its one ``error:`` line and recorded its exit
+    code; the launcher would then add torch elastic's traceback and failure report. Here that
+    report is dropped unless ``--debug`` (LLMTUNE_DEBUG=1) is set.
+    """
+    import logging
+
+    from accelerate.commands.launch import launch_command as accelerate_launch
+    from accelerate.commands.launch import launch_command_parser
+
+    args = launch_command_parser().parse_args(argv)
+    debug = os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
+    if not debug:
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        accelerate_launch(args)
+    except Exception as exc:
+        if debug:
+            raise
+        # ChildFailedError (torchrun) or CalledProcessError (single process): workers reported.
+        return int(getattr(exc, "returncode", 1) or 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(launcher_main(sys.argv[1:]))

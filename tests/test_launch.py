@@ -27,7 +27,7 @@ def test_strip_launch_flags():
 
 def test_launch_command_without_config():
     cmd = launch_command(["finetune", "-d", "x.csv"], LaunchOptions(num_processes=2))
-    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[:3] == [sys.executable, "-m", "llmtune.launch"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     assert cmd[-5:] == ["-m", "llmtune", "finetune", "-d", "x.csv"]
 
