@@ -81,6 +81,8 @@ def test_launched_user_error_is_one_line_exit_2(tiny_bert_dir, data, tmp_path):
     assert result.returncode == 2, result.stderr
     assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
     assert "no rows" in result.stderr
+    # torch elastic's failure report and traceback are not shown (only with --debug)
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("task", ["sentiment", "clm"])
