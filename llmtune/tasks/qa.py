@@ -205,6 +205,9 @@ class QaTask(Task):
     def apply_defaults(self, cfg: Any, tree: dict) -> None:
         if "max_length" not in (tree.get("data") or {}):
             cfg.data.max_length = 384  # the usual SQuAD window
+        if "group_by_length" not in (tree.get("train") or {}):
+            # Windows are padded to max_length: grouping by length saves nothing, only reorders.
+            cfg.train.group_by_length = False
 
     def validate(self, cfg: Any) -> list[str]:
         o = cfg.options
