@@ -101,3 +101,20 @@ def test_gradient_accumulation_matches_large_batch(task, tiny_bert_dir, data, tm
         runs[name] = losses(out)
     assert len(runs["big"]) == len(runs["accum"]) == 6
     assert max(abs(x - y) for x, y in zip(runs["big"], runs["accum"], strict=False)) < 1e-5, runs
+
+
+def test_streaming_two_processes_match_one(tmp_path):
+    """Streamed data over 2 ranks: the same global batches as one process (no example duplicated
+    or lost), so per-step losses and weights match a 1-process run with twice the batch."""
+    common = ["pretrain", "--recipe", "clm-smoke", "--max-steps", "6", "--set", "data.streaming=true"]
+    common += ["--set", "train.logging_steps=1", "--set", "train.eval_strategy=no"]
+    common += ["--set", "model.config_overrides={resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = llmtune([*common, "--batch-size", "8", "-o", str(one)])
+    assert result.returncode == 0, result.stderr
+    result = llmtune([*common, "--batch-size", "4", "-o", str(two), "--num-processes", "2"])
+    assert result.returncode == 0, result.stderr
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) == 6
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)
+    assert same_weights(one, two, exact=False, atol=1e-5)
