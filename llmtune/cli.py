@@ -326,7 +326,9 @@ def eval_cmd(
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
     from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides, read_yaml
+    from llmtune.modeling import model_location
 
+    model = model_location(model)  # a missing folder fails here, naming --model
     tree: dict[str, Any] = {}
     saved = Path(model) / CONFIG_FILENAME
     if saved.is_file():
