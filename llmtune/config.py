@@ -11,6 +11,7 @@ This module must stay importable without torch/transformers (``recipes validate`
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -196,14 +197,17 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:  # YAML reads "5e-5" as a string
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{key} must be a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        problems.append(f"{key} must be a {'finite ' if number is not None else ''}number, got {value!r}")
         return value
     if tp is str:
         if isinstance(value, str):
@@ -273,11 +277,16 @@ def parse_set_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
 def apply_override(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                [f"'{where}' must be a mapping of keys, got {child!r}: set its keys, e.g. {where}.KEY=VALUE"]
+            )
         node = child
     node[parts[-1]] = value
 

@@ -284,5 +284,5 @@ def pick_column(ds: Any, explicit: str | None, candidates: tuple[str, ...], what
             return cand
     raise LlmtuneError(
         f"no {what} column found (looked for {', '.join(candidates)}); columns: {', '.join(cols)}; "
-        f"name it with --set {key}=COLUMN"
+        + (f"name it with {key} COLUMN" if key.startswith("--") else f"name it with --set {key}=COLUMN")
     )

@@ -57,6 +57,9 @@ def _is_pathlike(spec: str) -> bool:
 
 def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if Path(str(resolve_location(spec))).expanduser().is_dir():
+        # A local folder: missing or unreadable files, not the Hub.
+        return LlmtuneError(f"could not load the {what} from folder {spec}: {text}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "couldn't connect" in text.lower():
         return LlmtuneError(
             f"{what} '{spec}' is not a local folder and the Hugging Face Hub is unreachable: pass a local model "

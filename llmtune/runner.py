@@ -119,6 +119,11 @@ def quiet_libraries(debug: bool) -> None:
     import transformers
 
     if not debug:
+        import warnings
+
+        # Library deprecation notices (e.g. TrainingArguments renames) are for developers, not users.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         transformers.logging.set_verbosity_error()
         # CRITICAL, not ERROR: datasets logs parse failures itself before raising; we report them
         # in one line (with the file's line number) instead.
@@ -323,6 +328,8 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
     kwargs.update(task.training_args(ctx))
     cls = Seq2SeqTrainingArguments if task.seq2seq else TrainingArguments
     allowed = {f.name for f in dataclasses.fields(cls)}
+    if "activation_checkpointing" in allowed:  # transformers' new name for gradient_checkpointing
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     return cls(**{k: v for k, v in kwargs.items() if k in allowed})
 
 

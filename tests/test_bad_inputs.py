@@ -198,6 +198,30 @@ def make_cases():
         (remote / "conf.py").write_text("raise SystemExit('remote code ran')\n")
         return c(["--dataset", good_csv(d), "--model", remote])
 
+    @add("mixed-type-labels", "mixes value types")
+    def _(d, m):
+        p = d / "mixed.jsonl"
+        p.write_text('{"text": "great film", "label": 1}\n{"text": "awful film", "label": "negative"}\n' * 5)
+        return c(["--dataset", p])
+
+    @add("non-finite-number", "train.epochs must be a finite number")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--set", "train.epochs=.inf"])
+
+    @add("section-set-to-a-value", "'train' must be a mapping")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--set", "train=3"])
+
+    @add("model-folder-without-weights", "could not load the model from folder")
+    def _(d, m):
+        import shutil
+
+        broken = d / "noweights"
+        shutil.copytree(m, broken)
+        for f in broken.glob("*.safetensors"):
+            f.unlink()
+        return c(["--dataset", good_csv(d), "--model", broken])
+
     @add("unknown-config-override", "hidden_dropout_probb not in the bert config")
     def _(d, m):
         return c(["--dataset", good_csv(d), "--set", "model.config_overrides={hidden_dropout_probb: 0.0}"])

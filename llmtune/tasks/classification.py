@@ -94,7 +94,7 @@ class ClassificationTask(Task):
                 f"label column '{label_col}' holds unsupported label values (mappings): use integer, string, "
                 f"list or numeric labels"
             )
-        values = train.unique(label_col)
+        values = _unique(train, label_col)
         if any(isinstance(v, float) and not v.is_integer() for v in values):
             return "regression"
         return "single_label"
@@ -140,7 +140,7 @@ class ClassificationTask(Task):
         explicit = ctx.cfg.options.label_names
         if feature is not None and hasattr(feature, "names"):  # ClassLabel
             return list(explicit or feature.names)
-        values = train.unique(label_col)
+        values = _unique(train, label_col)
         kinds = {_label_kind(v) for v in values}
         if "missing" in kinds:
             raise LlmtuneError(f"label column '{label_col}' has empty values: every row needs a label")
@@ -277,8 +277,8 @@ class ClassificationTask(Task):
             class_names = list(inner.names) if inner is not None and hasattr(inner, "names") else None
 
             def encode(batch: dict, _class_names=class_names, _split=split) -> dict:
-                texts = [t if t is not None else "" for t in batch[text_col]]
-                pairs = [t if t is not None else "" for t in batch[pair_col]] if pair_col else None
+                texts = [_as_text(t) for t in batch[text_col]]
+                pairs = [_as_text(t) for t in batch[pair_col]] if pair_col else None
                 enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
                 enc["labels"] = [encode_label(v, _class_names, _split) for v in batch[label_col]]
                 enc["length"] = [len(ids) for ids in enc["input_ids"]]
@@ -440,3 +440,18 @@ TASKS = [
         "text or sentence-pair classification into named classes",
     ),
 ]
+
+
+def _unique(ds: Any, column: str) -> list:
+    """Distinct values of a label column; a column mixing types gets a one-line error."""
+    try:
+        return ds.unique(column)
+    except Exception as exc:  # Arrow has no unique() kernel for mixed-type (JSON) columns
+        raise LlmtuneError(
+            f"label column '{column}' mixes value types (e.g. integers and strings): use one type for every label"
+        ) from exc
+
+
+def _as_text(value: Any) -> str:
+    """Text for the tokenizer: numbers in a text column become their string form, null becomes ''."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
