@@ -51,10 +51,6 @@ def prepare_hub_access(*specs: str | None) -> None:
         set_offline()
 
 
-def _is_pathlike(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1] or Path(spec).exists()
-
-
 def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if Path(str(resolve_location(spec))).expanduser().is_dir():

@@ -8,7 +8,6 @@ these hooks. Module level stays torch-free; import heavy libraries inside the me
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,9 +135,6 @@ class Task:
 
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
-
-    def options_dict(self, cfg: RunConfig) -> dict:
-        return dataclasses.asdict(cfg.options) if dataclasses.is_dataclass(cfg.options) else {}
 
 
 def predict_outputs(trainer: Any, split: Any) -> Any:
