@@ -286,7 +286,7 @@ def launchable(fn: Callable) -> Callable:
     import typer
 
     sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # keep Annotated option metadata
     kept = [
         p.replace(annotation=hints.get(name, p.annotation)) for name, p in sig.parameters.items() if name != "launch"
     ]

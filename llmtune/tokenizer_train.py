@@ -203,7 +203,7 @@ def train_and_save(
     """The ``llmtune tokenizer train`` command: stream, train, save, reload to check."""
     from transformers import AutoTokenizer
 
-    from llmtune.runner import check_output_dir
+    from llmtune.outputs import check_output_dir
 
     spec.check()
     out = Path(output_dir)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmtune.metrics import classification_loss
-from llmtune.runner import LengthGroupedSampler, length_grouped_indices
+from llmtune.trainer import LengthGroupedSampler, length_grouped_indices
 
 
 def test_length_grouped_indices_is_a_permutation_with_homogeneous_batches():

@@ -1,0 +1,149 @@
+"""What every command module shares: the error contract, the debug flag and option definitions.
+
+Options used by several commands are defined once here as ``Annotated`` types, so ``finetune``,
+``pretrain``, ``eval``, ``predict`` ... spell and document a flag the same way. Module level stays
+torch-free: ``llmtune --help`` must be instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmtune.errors import LlmtuneError
+
+state = {"debug": os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")}
+
+
+def debug_enabled() -> bool:
+    return bool(state["debug"])
+
+
+def enable_debug() -> None:
+    state["debug"] = True
+    os.environ["LLMTUNE_DEBUG"] = "1"  # launched workers inherit it
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """One line and exit code 2 for user errors; --debug re-raises with the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LlmtuneError as exc:
+            if state["debug"]:
+                traceback.print_exc()
+            from llmtune.launch import is_quiet_rank, report_exit_code
+
+            report_exit_code(exc.exit_code)
+            if is_quiet_rank():  # in a launched run every worker hits the same error: rank 0 says it
+                raise typer.Exit(exc.exit_code) from None
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except BrokenPipeError:
+            # Output piped into e.g. `head`: stop quietly, like other Unix tools.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except Exception as exc:
+            if state["debug"]:
+                raise
+            from llmtune.launch import is_quiet_rank
+
+            if is_quiet_rank():  # usually the echo of rank 0's failure (a closed connection)
+                raise typer.Exit(1) from None
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            fail(f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# shared option definitions
+
+Sets = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override any config key: --set train.warmup_ratio=0.1 (repeatable)."),
+]
+Recipe = Annotated[
+    Optional[str], typer.Option("--recipe", "-r", help="Recipe name (see `llmtune recipes list`) or YAML path.")
+]
+OutputDir = Annotated[
+    Optional[str], typer.Option("--output-dir", "-o", help="Where model, config, metrics and card go.")
+]
+Resume = Annotated[
+    Optional[str],
+    typer.Option(
+        "--resume", help="Continue a stopped run: 'auto' (newest complete checkpoint in --output-dir) or a checkpoint."
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option("--trust-remote-code", help="Allow model/tokenizer code from the model folder or Hub repo to run."),
+]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id or local model folder.")]
+ModelRequired = Annotated[str, typer.Option("--model", "-m", help="Saved model folder (or Hub id).")]
+Task = Annotated[Optional[str], typer.Option("--task", "-t", help="Task, e.g. sentiment (see `recipes list`).")]
+Dataset = Annotated[
+    Optional[str], typer.Option("--dataset", "-d", help="Hub name, csv/tsv/jsonl/parquet/txt file or folder.")
+]
+Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Training epochs (> 0).")]
+MaxSteps = Annotated[
+    Optional[int],
+    typer.Option("--max-steps", help="Optimizer steps (> 0; overrides --epochs). Omit to train for --epochs."),
+]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (> 0).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Per-device training batch size.")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 .. 2**32-1).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output dir.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+GgufFile = Annotated[
+    Optional[str], typer.Option("--gguf-file", help="GGUF file inside the --model folder (de-quantized on load).")
+]
+
+
+def train_flags(
+    model: str | None,
+    dataset: str | None,
+    output_dir: str | None,
+    epochs: float | None,
+    max_steps: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    grad_accum: int | None,
+    seed: int | None,
+    overwrite: bool,
+    resume: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Dotted config keys for the training flags (None: flag not given); the dotted key doubles as
+    the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
+    return {
+        "train.resume": resume,
+        "model.trust_remote_code": True if trust_remote_code else None,
+        "model.name_or_path": model,
+        "data.dataset": dataset,
+        "train.output_dir": output_dir,
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
+        "train.learning_rate": lr,
+        "train.batch_size": batch_size,
+        "train.gradient_accumulation_steps": grad_accum,
+        "train.seed": seed,
+        "train.overwrite": True if overwrite else None,
+    }

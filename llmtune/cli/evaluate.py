@@ -1,0 +1,64 @@
+"""``llmtune eval``: score a saved model on labelled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmtune.cli import _common as c
+from llmtune.cli.app import app
+
+
+@app.command("eval")
+@c.handle_errors
+def eval_cmd(
+    model: c.ModelRequired,
+    task: Annotated[
+        Optional[str], typer.Option("--task", "-t", help="Task; default: the one the model was trained for.")
+    ] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option("--dataset", "-d", help="Data to score (file, folder or Hub name).")
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option("--split", help="Split to score (default: validation, else test).")
+    ] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size.")] = None,
+    sets: c.Sets = None,
+) -> None:
+    """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
+    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides, read_yaml
+    from llmtune.modeling import model_location
+
+    model = model_location(model)  # a missing folder fails here, naming --model
+    tree: dict[str, Any] = {}
+    saved = Path(model) / CONFIG_FILENAME
+    if saved.is_file():
+        # Reuse how the model was trained (columns, max length, task options).
+        old = read_yaml(saved)
+        tree = {k: old[k] for k in ("task", "data", "options") if k in old}
+        for key in ("dataset", "config_name", "eval_split", "test_split", "max_train_samples", "max_eval_samples"):
+            tree.get("data", {}).pop(key, None)
+    if task is not None:
+        if tree.get("task") and tree["task"] != task:
+            tree.pop("options", None)
+        tree["task"] = task
+    if "task" not in tree:
+        c.fail(f"cannot tell which task {model} was trained for: pass --task")
+    for key, value in parse_set_overrides(sets):
+        apply_override(tree, key, value)
+    for key, value in {
+        "data.dataset": dataset,
+        "train.output_dir": output_dir,
+        "train.eval_batch_size": batch_size,
+    }.items():
+        if value is not None:
+            apply_override(tree, key, value)
+    if not tree.get("data", {}).get("dataset"):
+        c.fail("no dataset to evaluate on: pass --dataset")
+    cfg = build_config(tree, source=str(saved) if saved.is_file() else None)
+    from llmtune.runner import run_eval
+
+    run_eval(cfg, model, split, debug=c.debug_enabled())

@@ -1,0 +1,186 @@
+"""``llmtune finetune``, ``llmtune pretrain`` and ``llmtune tokenizer train``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llmtune.cli import _common as c
+from llmtune.cli.app import app
+from llmtune.launch import launchable
+
+tokenizer_app = typer.Typer(help="Train sub-word tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def resolve_and_run(
+    recipe: str | None, task: str | None, sets: list[str] | None, flags: dict, dry_run: bool, launch: Any = None
+) -> None:
+    from llmtune.config import load_config
+
+    cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags)
+    if dry_run:
+        typer.echo(cfg.to_yaml().rstrip())
+        return
+    if launch is not None:
+        from llmtune.launch import check_options, relaunch
+
+        check_options(launch)
+        if launch.requested:
+            from llmtune.runner import precheck_train
+
+            precheck_train(cfg)  # refuse bad output dirs / --resume before starting N workers
+            raise typer.Exit(relaunch(launch))
+    from llmtune.runner import run_train
+
+    run_train(cfg, debug=c.debug_enabled())
+
+
+@app.command()
+@c.handle_errors
+@launchable
+def finetune(
+    task: c.Task = None,
+    recipe: c.Recipe = None,
+    model: c.Model = None,
+    dataset: c.Dataset = None,
+    output_dir: c.OutputDir = None,
+    epochs: c.Epochs = None,
+    max_steps: c.MaxSteps = None,
+    lr: c.LearningRate = None,
+    batch_size: c.BatchSize = None,
+    grad_accum: c.GradAccum = None,
+    seed: c.Seed = None,
+    overwrite: c.Overwrite = False,
+    resume: c.Resume = None,
+    trust_remote_code: c.TrustRemoteCode = False,
+    sets: c.Sets = None,
+    dry_run: c.DryRun = False,
+    launch: Any = None,
+) -> None:
+    """Fine-tune a pretrained model on a task (sentiment, text-classification, ...)."""
+    if task is None and recipe is None:
+        task = "sentiment"
+    flags = c.train_flags(
+        model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
+        trust_remote_code,
+    )  # fmt: skip
+    resolve_and_run(recipe, task, sets, flags, dry_run, launch)
+
+
+@app.command()
+@c.handle_errors
+@launchable
+def pretrain(
+    objective: Annotated[
+        Optional[str],
+        typer.Option("--objective", help="clm (causal, GPT-style) or mlm (masked, BERT-style); default: the recipe's."),
+    ] = None,
+    recipe: c.Recipe = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Continue pretraining this Hub id or folder.")
+    ] = None,
+    model_config: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model-config", help="From scratch: a size preset (gpt2-small, bert-mini...), config.json or Hub config."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Optional[str], typer.Option("--tokenizer", help="Tokenizer folder (required from scratch).")
+    ] = None,
+    dataset: c.Dataset = None,
+    output_dir: c.OutputDir = None,
+    epochs: c.Epochs = None,
+    max_steps: c.MaxSteps = None,
+    lr: c.LearningRate = None,
+    batch_size: c.BatchSize = None,
+    grad_accum: c.GradAccum = None,
+    seed: c.Seed = None,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per packed block.")] = None,
+    streaming: Annotated[
+        bool, typer.Option("--streaming", help="Stream the dataset (IterableDataset) end to end.")
+    ] = False,
+    overwrite: c.Overwrite = False,
+    resume: c.Resume = None,
+    trust_remote_code: c.TrustRemoteCode = False,
+    sets: c.Sets = None,
+    dry_run: c.DryRun = False,
+    launch: Any = None,
+) -> None:
+    """Pretrain a language model (clm or mlm), from scratch or continued from a checkpoint."""
+    from llmtune.config import read_yaml
+    from llmtune.recipes import find_recipe
+    from llmtune.tasks import get_task
+
+    if objective is not None and objective not in ("clm", "mlm"):
+        c.fail(f"--objective must be clm or mlm, got '{objective}'")
+    if recipe is not None and objective is None:
+        recipe_task = read_yaml(find_recipe(recipe)).get("task")
+        if recipe_task is None or get_task(str(recipe_task)).family != "lm":
+            c.fail(f"recipe '{recipe}' is not a pretraining recipe (task: {recipe_task}): use finetune, or --objective")
+    if objective is None and recipe is None:
+        c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
+    flags = c.train_flags(
+        model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
+        trust_remote_code,
+    )  # fmt: skip
+    flags.update(
+        {
+            "model.config": model_config,
+            "model.tokenizer": tokenizer,
+            "options.block_size": block_size,
+            "data.streaming": True if streaming else None,
+        }
+    )
+    resolve_and_run(recipe, objective, sets, flags, dry_run, launch)
+
+
+@tokenizer_app.command("train")
+@c.handle_errors
+def tokenizer_train(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Hub name, txt/jsonl/csv/parquet file or folder.")],
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o", help="Folder for the tokenizer files.")],
+    objective: Annotated[str, typer.Option("--objective", help="clm or mlm: decides the special tokens.")] = "clm",
+    type_: Annotated[
+        Optional[str],
+        typer.Option("--type", help="bpe (byte-level), wordpiece or unigram; default: bpe for clm, wordpiece for mlm."),
+    ] = None,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size, special tokens included.")] = 32_000,
+    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Minimum count for a merge / word piece.")] = 2,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text.")] = None,
+    config_name: Annotated[Optional[str], typer.Option("--config-name", help="Hub dataset configuration.")] = None,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Train on the first N rows only.")] = None,
+    lowercase: Annotated[bool, typer.Option("--lowercase", help="Lowercase text before tokenizing.")] = False,
+    model_max_length: Annotated[
+        Optional[int], typer.Option("--model-max-length", help="Saved model_max_length.")
+    ] = None,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Train a fast tokenizer (tokenizers library) loadable with AutoTokenizer.from_pretrained(DIR)."""
+    from llmtune.modeling import prepare_hub_access
+    from llmtune.tokenizer_train import DEFAULT_TYPE, TokenizerSpec, train_and_save
+
+    if objective not in DEFAULT_TYPE:
+        c.fail(f"--objective must be clm or mlm, got '{objective}'")
+    if vocab_size < 1:
+        c.fail(f"--vocab-size must be >= 1, got {vocab_size}")
+    if min_frequency < 0:
+        c.fail(f"--min-frequency must be >= 0, got {min_frequency}")
+    if max_samples is not None and max_samples < 1:
+        c.fail(f"--max-samples must be >= 1, got {max_samples}")
+    if model_max_length is not None and model_max_length < 1:
+        c.fail(f"--model-max-length must be >= 1, got {model_max_length}")
+    spec = TokenizerSpec(
+        type=type_ or DEFAULT_TYPE[objective],
+        vocab_size=vocab_size,
+        objective=objective,
+        min_frequency=min_frequency,
+        lowercase=lowercase,
+        model_max_length=model_max_length,
+    )
+    prepare_hub_access(dataset)
+    tok = train_and_save(dataset, output_dir, spec, text_column, config_name, max_samples, overwrite)
+    specials = ", ".join(tok.all_special_tokens)
+    typer.echo(f"{spec.type} tokenizer ({len(tok)} tokens; special: {specials}) saved to {output_dir}")
