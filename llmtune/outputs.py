@@ -103,6 +103,7 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     labels = ctx.state.get("label_names")
     if labels:
         lines.append("- **Labels:** " + ", ".join(f"`{x}`" for x in labels))
+    lines += task.card_lines(ctx)
     t = cfg.train
     lines += [
         f"- **Training:** lr {t.learning_rate}, batch {t.batch_size} x {t.gradient_accumulation_steps} accumulation, "

@@ -45,6 +45,18 @@ def llmtune_trainer(base: type) -> type:
             ):
                 self.model_accepts_loss_kwargs = False
 
+        # ``task.eval_logits_hook(ctx)``: turns (model, inputs, logits) into what evaluation keeps,
+        # while the batch's inputs are still at hand (CTC masks frames past each clip's end).
+        eval_logits_hook = None
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **kwargs):
+            loss, logits, labels = super().prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **kwargs
+            )
+            if self.eval_logits_hook is not None and logits is not None:
+                logits = self.eval_logits_hook(model, inputs, logits)
+            return loss, logits, labels
+
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
                 return None
@@ -54,7 +66,12 @@ def llmtune_trainer(base: type) -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
-            if "length" in getattr(dataset, "column_names", []):
+            # The Trainer drops columns the model does not take (``length`` among them) before asking
+            # for a sampler; the rows are the same, so read lengths from the full training set.
+            full = self.train_dataset if len(self.train_dataset or []) == len(dataset) else dataset
+            if "length" in getattr(full, "column_names", []):
+                lengths = list(full["length"])
+            elif "length" in getattr(dataset, "column_names", []):
                 lengths = list(dataset["length"])
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
@@ -239,4 +256,5 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.eval_logits_hook = task.eval_logits_hook(ctx)
     return trainer

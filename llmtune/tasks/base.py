@@ -123,6 +123,15 @@ class Task:
     def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
         return None
 
+    def eval_logits_hook(self, ctx: RunContext) -> Any:
+        """A ``hook(model, inputs, logits) -> logits`` run on each evaluation batch before
+        ``preprocess_logits_for_metrics``, when the batch's inputs are still known; or None."""
+        return None
+
+    def card_lines(self, ctx: RunContext) -> list[str]:
+        """Task-specific bullet lines for the model card (e.g. sample rate, vocabulary)."""
+        return []
+
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
         """Metrics and exported prediction records for one split."""
         output = trainer.predict(split, metric_key_prefix="eval")
