@@ -718,6 +718,17 @@ class ClipEncoder:
         self.name = input_name(fe)
         self.max_label_tokens = max_label_tokens
         self.known = set(tokenizer.get_vocab()) if family == "ctc" else None
+        # Dropped rows carry placeholder features/labels of the right types (Arrow needs one
+        # type per column): the features of 0.2 s of silence and one pad id.
+        self.placeholder: Any = None
+
+    def _placeholder(self) -> Any:
+        import numpy as np
+
+        if self.placeholder is None:
+            silence = np.zeros(int(0.2 * self.rate), dtype=np.float32)
+            self.placeholder = self.fe(silence, sampling_rate=self.rate)[self.name][0]
+        return self.placeholder
 
     def labels(self, text: str, where: str, split: str) -> list[int]:
         if self.family == "ctc":
@@ -767,7 +778,7 @@ class ClipEncoder:
                     f"clip {where} (split '{split}') lasts {seconds:.1f} s, longer than the {self.limit_s:g} s the "
                     f"model takes: drop long clips with --set options.max_duration_s={self.limit_s:g}, or split them"
                 )
-            labels = self.labels(str(text), where, split) if not reason else []
+            labels = self.labels(str(text), where, split) if not reason else [self.tok.pad_token_id or 0]
             versions = [samples] if not reason else [None]
             for factor in speeds if not reason else []:
                 # speed factor s: play s times faster = resample from rate to rate / s
@@ -775,7 +786,7 @@ class ClipEncoder:
                 versions.append(resample(samples, ratio.denominator, ratio.numerator))
             for clip in versions:
                 if clip is None:
-                    features: Any = []
+                    features = self._placeholder()
                 else:
                     features = self.fe(clip, sampling_rate=self.rate)[self.name][0]
                 out[self.name].append(features)
