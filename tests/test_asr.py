@@ -174,7 +174,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-SCRATCH = ("--set", "model.config=ctc-tiny", "--lr", "3e-3", "--seed", "0", "--set", "train.logging_steps=1")
+# The asr-smoke recipe (ctc-tiny from scratch) over the test data.
+SCRATCH = ("--recipe", "asr-smoke", "--lr", "3e-3", "--seed", "0", "--set", "train.logging_steps=1")
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------
@@ -190,24 +191,24 @@ def _bad_cases():
     def missing_file(d, m):
         root = _folder(d / "data", sentences(4))
         (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "gone.wav,up\n")
-        return ["--set", "model.config=ctc-tiny"], root, "audio file not found"
+        return ["--recipe", "asr-smoke"], root, "audio file not found"
 
     def not_audio(d, m):
         root = _folder(d / "data", sentences(4))
         (root / "notes.wav").write_text("this is not a wav file\n" * 20)
         (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "notes.wav,up\n")
-        return ["--set", "model.config=ctc-tiny"], root, "notes.wav is not readable audio"
+        return ["--recipe", "asr-smoke"], root, "notes.wav is not readable audio"
 
     def empty_transcription(d, m):
         root = _folder(d / "data", sentences(4))
         (root / "metadata.csv").write_text((root / "metadata.csv").read_text() + "clip_0_000.wav,\n")
-        return ["--set", "model.config=ctc-tiny"], root, "empty transcription for"
+        return ["--recipe", "asr-smoke"], root, "empty transcription for"
 
     def no_transcription_column(d, m):
         root = d / "data"
         names = write_clips(root, sentences(4))
         (root / "metadata.csv").write_text("file_name,speaker\n" + "".join(f"{n},bob\n" for n in names))
-        return ["--set", "model.config=ctc-tiny"], root, "columns: file_name, speaker"
+        return ["--recipe", "asr-smoke"], root, "columns: file_name, speaker"
 
     def outside_vocabulary(d, m):
         root = _folder(d / "data", ["up", "down", "go", "stop"])
@@ -231,7 +232,8 @@ def test_bad_input_is_one_line(name, tmp_path, cli, tiny_ctc_dir, tiny_whisper_d
     prev = tmp_path / "prev"
     prev.mkdir()
     (prev / "metrics.json").write_text('{"eval": {"eval_wer": 0.1}}')
-    result = cli("finetune", "--task", "asr", "--dataset", data, "-o", prev, "--overwrite", "--max-steps", "1", *args)
+    task = [] if "--recipe" in args else ["--task", "asr"]
+    result = cli("finetune", *task, "--dataset", data, "-o", prev, "--overwrite", "--max-steps", "1", *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, (result.output, result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
@@ -258,8 +260,8 @@ def test_config_validation():
 @pytest.fixture(scope="module")
 def scratch_run(speech, tmp_path_factory):
     out = tmp_path_factory.mktemp("asr-scratch") / "out"
-    args = ["finetune", "--task", "asr", "--dataset", str(speech), "-o", str(out), "--epochs", "12"]
-    args += ["--batch-size", "8", *SCRATCH, "--set", "options.min_duration_s=0.5", "--set", "train.eval_strategy=no"]
+    args = ["finetune", "--dataset", str(speech), "-o", str(out), "--epochs", "12"]
+    args += ["--batch-size", "8", *SCRATCH, "--set", "options.min_duration_s=0.5"]
     result = llmtune(args, timeout=600)
     assert result.returncode == 0, result.stderr
     return out, result
@@ -353,7 +355,7 @@ def test_whisper_finetune_prefix_generation_and_pipeline(tiny_whisper_dir, tmp_p
 
 @pytest.mark.slow
 def test_resume_after_kill_is_exact(speech, tmp_path):
-    common = ["finetune", "--task", "asr", "--dataset", str(speech), "--epochs", "2", "--batch-size", "4", *SCRATCH]
+    common = ["finetune", "--dataset", str(speech), "--epochs", "2", "--batch-size", "4", *SCRATCH]
     common += ["--set", "train.eval_strategy=no", "--set", "train.eval_steps=4"]
     ref = tmp_path / "ref"
     assert llmtune([*common, "-o", str(ref)]).returncode == 0
@@ -369,7 +371,7 @@ def test_resume_after_kill_is_exact(speech, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one(speech, tmp_path):
-    common = ["finetune", "--task", "asr", "--dataset", str(speech), "--epochs", "1", *SCRATCH]
+    common = ["finetune", "--dataset", str(speech), "--epochs", "1", *SCRATCH]
     common += ["--set", "options.mask_time_prob=0.0", "--set", "train.eval_batch_size=3"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert llmtune([*common, "--batch-size", "8", "-o", str(one)]).returncode == 0

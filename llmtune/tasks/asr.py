@@ -301,11 +301,6 @@ class AsrTask(Task):
         ctx.state["sampling_rate"] = rate
         ctx.state["vocab_built"] = built_vocab
         limit_s = model_max_seconds(fe, ctx.state["model_config"])
-        if o.max_duration_s is not None and limit_s is not None and o.max_duration_s > limit_s:
-            raise LlmtuneError(
-                f"options.max_duration_s {o.max_duration_s} exceeds the {limit_s:g} s the model takes: "
-                f"set it to {limit_s:g} or less"
-            )
         encoder = ClipEncoder(
             fe, tok, family, text_col, audio_col, o, limit_s, ctx.state.get("text_transform"),
             max_label_tokens=getattr(ctx.state["model_config"], "max_target_positions", None),
@@ -359,6 +354,8 @@ class AsrTask(Task):
                 if not hasattr(config, key):
                     raise LlmtuneError(f"options.{key}: the {config.model_type} config has no {key}: remove it")
                 knobs[key] = value
+        if (o.mask_time_prob or o.mask_feature_prob) and hasattr(config, "apply_spec_augment"):
+            knobs["apply_spec_augment"] = True  # Whisper ships with SpecAugment off
         if ctx.state["family"] == "ctc":
             tok = ctx.state["text_tokenizer"]
             knobs.update(
@@ -389,12 +386,7 @@ class AsrTask(Task):
             extra = {"ignore_mismatched_sizes": True} if family == "ctc" else {}
             model = load_model(ctx, auto, **self._knobs(ctx, config), **extra)
         if ctx.cfg.options.freeze_feature_encoder:
-            if not hasattr(model, "freeze_feature_encoder"):
-                raise LlmtuneError(
-                    f"options.freeze_feature_encoder: {type(model).__name__} has no convolutional feature encoder "
-                    f"to freeze: remove the option"
-                )
-            model.freeze_feature_encoder()
+            freeze_feature_encoder(model)
         if family == "seq2seq":
             self._configure_generation(ctx, model)
         return model
@@ -459,7 +451,8 @@ class AsrTask(Task):
 
         tok = ctx.state["text_tokenizer"]
         ids = ids[0] if isinstance(ids, tuple) else ids
-        ids = np.where(np.asarray(ids) < 0, tok.pad_token_id, ids)
+        fill = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ids = np.where(np.asarray(ids) < 0, fill, ids)
         if ctx.state["family"] == "ctc":
             # Labels are plain character ids (a doubled letter is two ids), not CTC frames.
             texts = tok.batch_decode(ids, group_tokens=not references)
@@ -785,10 +778,7 @@ class ClipEncoder:
                 ratio = Fraction(1 / factor).limit_denominator(100)
                 versions.append(resample(samples, ratio.denominator, ratio.numerator))
             for clip in versions:
-                if clip is None:
-                    features = self._placeholder()
-                else:
-                    features = self.fe(clip, sampling_rate=self.rate)[self.name][0]
+                features = self._placeholder() if clip is None else self.fe(clip, sampling_rate=self.rate)[self.name][0]
                 out[self.name].append(features)
                 out["labels"].append(labels)
                 out["length"].append(len(features))
@@ -821,6 +811,24 @@ class SpeechCollator:
                 labels = labels[:, 1:]
             batch["labels"] = labels
         return dict(batch)
+
+
+def freeze_feature_encoder(model: Any) -> None:
+    """Keep the convolutional front-end fixed: wav2vec2-style waveform encoders, Whisper's two
+    input convolutions."""
+    if hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+        return
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    convs = [getattr(encoder, name) for name in ("conv1", "conv2") if hasattr(encoder, name)]
+    if not convs:
+        raise LlmtuneError(
+            f"options.freeze_feature_encoder: {type(model).__name__} has no convolutional feature encoder to "
+            f"freeze: set it to false"
+        )
+    for conv in convs:
+        for param in conv.parameters():
+            param.requires_grad = False
 
 
 def ctc_frame_ids(model: Any, inputs: dict, logits: Any) -> Any:
