@@ -383,3 +383,37 @@ def test_two_processes_match_one(speech, tmp_path):
     assert same_weights(one, two, exact=False, atol=1e-5)
     # evaluation: every validation clip once, in order, with the same transcripts
     assert read_jsonl(one / "predictions.jsonl") == read_jsonl(two / "predictions.jsonl")
+
+
+def test_hub_style_audio_column_is_read_from_bytes(tmp_path):
+    """A parquet file with a datasets ``Audio`` column (the Hub layout) loads without torchcodec:
+    the column is kept undecoded and soundfile reads the bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    from llmtune.audio import load_audio
+    from llmtune.config import build_config
+    from llmtune.tasks import get_task
+    from llmtune.tasks.base import RunContext
+
+    write_clips(tmp_path / "clips", ["up", "go left"])
+    blobs = [(tmp_path / "clips" / f"clip_0_00{i}.wav").read_bytes() for i in range(2)]
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "audio": pa.array([{"bytes": b, "path": f"c{i}.wav"} for i, b in enumerate(blobs)], type=struct),
+            "sentence": ["up", "go left"],
+        }
+    )
+    meta = {"info": {"features": {"audio": {"_type": "Audio"}, "sentence": {"dtype": "string", "_type": "Value"}}}}
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}), str(tmp_path / "train.parquet"))
+    cfg = build_config({"task": "asr", "data": {"dataset": str(tmp_path / "train.parquet"), "validation_split": 0}})
+    ctx = RunContext(cfg=cfg, training=True)
+    raw = get_task("asr").load_data(ctx)
+    assert ctx.state["audio_column"] == "audio"
+    source = raw["train"][1]["audio"]
+    assert source["path"] == "c1.wav"
+    samples, rate = load_audio(source)
+    expected, _ = sf.read(str(tmp_path / "clips" / "clip_0_001.wav"), dtype="float32")
+    assert rate == 8000 and np.allclose(samples, expected)
