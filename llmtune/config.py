@@ -121,7 +121,12 @@ class TrainArgs:
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
     # fresh start when there is none) or a checkpoint folder. Set with --resume.
     resume: str | None = None
-    report_to: str = "none"
+    # Experiment trackers the Trainer logs to (its integrations): tensorboard (event files in
+    # OUTPUT_DIR/runs), wandb, mlflow, trackio, ... when installed; [none] for no tracker.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Terminal display: auto (live progress line on a terminal, plain lines otherwise), plain, or
+    # quiet (--quiet: only the final metrics and errors).
+    progress: str = "auto"
 
 
 @dataclass
@@ -387,6 +392,12 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:
         p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    from llmtune.progress import PROGRESS_MODES
+
+    if t.progress not in PROGRESS_MODES:
+        p.append(f"train.progress must be {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
         p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
     if t.resume is not None and not str(t.resume).strip():
