@@ -69,7 +69,7 @@ def child(case: list) -> dict:
     from llmtune.config import ModelArgs
     from llmtune.modeling import model_architecture
 
-    label, preset, objective, vocab, batch, seq, precision, ckpt = case
+    _, preset, objective, vocab, batch, seq, precision, ckpt = case
     torch.manual_seed(0)
     torch.set_num_threads(2)
     config = model_architecture(ModelArgs(config=preset))
@@ -107,9 +107,11 @@ def child(case: list) -> dict:
                     saved[ptr] = t.untyped_storage().nbytes()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "mixed"):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "mixed"),
+        ):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
 
     forward_backward()
@@ -132,11 +134,11 @@ def child(case: list) -> dict:
 
 
 def estimate(case: list) -> dict:
-    from llmtune.estimate import Setup, activation_bytes, arch_from_config, count_parameters, memory, meta_model
     from llmtune.config import ModelArgs
+    from llmtune.estimate import Setup, activation_bytes, arch_from_config, count_parameters, memory, meta_model
     from llmtune.modeling import model_architecture
 
-    label, preset, objective, vocab, batch, seq, precision, ckpt = case
+    _, preset, objective, vocab, batch, seq, precision, ckpt = case
     config = model_architecture(ModelArgs(config=preset))
     config.vocab_size = vocab
     arch = arch_from_config(config)

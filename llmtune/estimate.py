@@ -124,7 +124,9 @@ def arch_from_config(config: Any) -> Arch:
     heads = _first(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
     if not (hidden and layers and heads):
         raise LlmtuneError(f"cannot read the layer sizes of a '{model_type}' config (hidden size, layers, heads)")
-    decoder_layers = _first(config, "num_decoder_layers", default=0) if getattr(config, "is_encoder_decoder", False) else 0
+    decoder_layers = (
+        _first(config, "num_decoder_layers", default=0) if getattr(config, "is_encoder_decoder", False) else 0
+    )
     kv = _first(config, "num_key_value_heads", "n_head_kv", default=heads)
     head_dim = _first(config, "head_dim", default=hidden // heads) or hidden // heads
     act = str(_first(config, "hidden_act", "activation_function", "feed_forward_proj", default="gelu"))
@@ -141,10 +143,15 @@ def arch_from_config(config: Any) -> Arch:
         gated_mlp=model_type in GATED or act.startswith("gated"),
         rms_norm=model_type in RMS,
         python_gelu=act in ("gelu_new", "gelu_fast"),
-        attn_dropout=float(_first(config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout",
-                                  "dropout_rate", default=0.0) or 0.0),  # fmt: skip
-        hidden_dropout=float(_first(config, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout_rate",
-                                    default=0.0) or 0.0),  # fmt: skip
+        attn_dropout=float(
+            _first(
+                config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout", "dropout_rate", default=0.0
+            )
+            or 0.0
+        ),
+        hidden_dropout=float(
+            _first(config, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout_rate", default=0.0) or 0.0
+        ),
         eager_attention=getattr(config, "_attn_implementation", None) == "eager",
         encoder_decoder=bool(decoder_layers),
     )
@@ -270,7 +277,8 @@ def count_parameters(model: Any, lora_r: int | None = None, lora_targets: list[s
         head = 0
         if train_head:
             head = sum(p.numel() for n, p in model.named_parameters() if _is_head(model, n))
-        params.total = total + params.lora
+        # peft's modules_to_save trains a copy of the head and keeps the original beside it
+        params.total = total + params.lora + head
         params.trainable = params.lora + head
         params.head = f"{head:,} head parameters trainable" if head else ""
     return params
@@ -469,7 +477,9 @@ def fitting_knobs(arch: Arch, params: Params, setup: Setup, budget: float, lm_he
         batch //= 2
         if t := fits(replace(setup, batch_size=batch)):
             accum = math.ceil(setup.batch_size / batch)
-            out.append(f"batch size {batch} with gradient accumulation x{accum} (same effective batch): {t / GIB:.1f} GiB")
+            out.append(
+                f"batch size {batch} with gradient accumulation x{accum} (same effective batch): {t / GIB:.1f} GiB"
+            )
             break
     if setup.gpus > 1:
         for sharding in ("zero2", "zero3"):
@@ -592,7 +602,13 @@ def resolve(req: Request) -> Target:
         raise LlmtuneError(f"--mfu must be in (0, 1], got {req.mfu:g}")
     notes: list[str] = []
     task_name = req.task
-    seq_len, batch, precision, ckpt, tokens = req.seq_len, req.batch_size, req.precision, req.gradient_checkpointing, req.tokens
+    seq_len, batch, precision, ckpt, tokens = (
+        req.seq_len,
+        req.batch_size,
+        req.precision,
+        req.gradient_checkpointing,
+        req.tokens,
+    )
     vocab = req.vocab_size
     if req.recipe:
         from llmtune.config import load_config
@@ -606,13 +622,17 @@ def resolve(req: Request) -> Target:
         precision = precision or cfg.train.precision
         ckpt = cfg.train.gradient_checkpointing if ckpt is None else ckpt
         if tokens is None and cfg.train.max_steps > 0:
-            tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.train.gradient_accumulation_steps * seq_len * req.gpus
+            tokens = (
+                cfg.train.max_steps * cfg.train.batch_size * cfg.train.gradient_accumulation_steps * seq_len * req.gpus
+            )
             notes.append(f"tokens: {cfg.train.max_steps} steps x {cfg.train.batch_size} x "
                          f"{cfg.train.gradient_accumulation_steps} accumulation x {seq_len} x {req.gpus} GPU(s)")  # fmt: skip
         if model_config and vocab is None:
             vocab = _tokenizer_vocab(cfg.model.tokenizer)
             if vocab is None:
-                notes.append(f"vocabulary: the config's default (tokenizer {cfg.model.tokenizer} not found; --vocab-size N)")
+                notes.append(
+                    f"vocabulary: the config's default (tokenizer {cfg.model.tokenizer} not found; --vocab-size N)"
+                )
         label = f"recipe {req.recipe}: {model or model_config}"
         config = load_model_config(model, model_config, cfg.model.trust_remote_code, vocab)
     elif req.model or req.model_config:
@@ -627,7 +647,12 @@ def resolve(req: Request) -> Target:
         label=str(label),
         lm_head=lm_head,
         train_head=train_head,
-        seq_len=int(seq_len or min(2048, getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)),
+        seq_len=int(
+            seq_len
+            or min(
+                2048, getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+            )
+        ),
         batch_size=int(batch or 8),
         precision=_precision(precision or "bf16"),
         checkpointing=bool(ckpt),
@@ -708,7 +733,9 @@ def run_estimate(req: Request) -> str:
             f"{lora_params.trainable:,} trainable ({share:.2f} % of {lora_params.total:,})"
             + (f"; {lora_params.head}" if lora_params.head else "")
         )
-    sharding = {"ddp": "DDP (replicated)", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp": "FSDP full shard"}[req.sharding]
+    sharding = {"ddp": "DDP (replicated)", "zero2": "ZeRO-2", "zero3": "ZeRO-3", "fsdp": "FSDP full shard"}[
+        req.sharding
+    ]
     lines += [
         f"setup        {target.batch_size} x {target.seq_len} tokens per GPU micro-batch, {PRECISION_TEXT[target.precision]}, "
         f"{req.gpus} x {req.gpu} ({gpu.memory_gib:g} GiB), {sharding}, gradient checkpointing "
@@ -737,12 +764,21 @@ def run_estimate(req: Request) -> str:
     if mem.total > budget:
         lora_alt = None if req.lora_r else count_parameters(model, 16, None, target.train_head)
         knobs = fitting_knobs(arch, active, setup, budget, target.lm_head, lora_alt)
-        lines.append("  would fit with:" if knobs else "  no single knob makes it fit: combine them, or pick a bigger GPU")
+        lines.append(
+            "  would fit with:" if knobs else "  no single knob makes it fit: combine them, or pick a bigger GPU"
+        )
         lines += [f"    - {k}" for k in knobs]
     # the precision x sharding matrix
-    lines += ["", f"{f'total per GPU (GiB) over {req.gpus} GPU(s)':<41}" + "".join(f"{s:>13}" for s in ("DDP", "ZeRO-2", "ZeRO-3/FSDP"))]
+    lines += [
+        "",
+        f"{f'total per GPU (GiB) over {req.gpus} GPU(s)':<41}"
+        + "".join(f"{s:>13}" for s in ("DDP", "ZeRO-2", "ZeRO-3/FSDP")),
+    ]
     for precision in ("fp32", "mixed", "pure-bf16"):
-        cells = [memory(arch, active, replace(setup, precision=precision, sharding=s), target.lm_head).total for s in ("ddp", "zero2", "zero3")]
+        cells = [
+            memory(arch, active, replace(setup, precision=precision, sharding=s), target.lm_head).total
+            for s in ("ddp", "zero2", "zero3")
+        ]
         lines.append(f"  {precision:<39}" + "".join(f"{c / GIB:>13.1f}" for c in cells))
     # compute
     optimal = compute_optimal_tokens(params.total)

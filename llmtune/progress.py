@@ -41,7 +41,7 @@ def resolve_mode(setting: str, stream: TextIO | None = None) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -151,7 +151,8 @@ class EvalTable:
 
     def header(self) -> str:
         cols = [
-            f"{k[5:] + ('*' if k == self.main_key else ''):>{w}}" for k, w in zip(self.columns or [], self.widths())
+            f"{k[5:] + ('*' if k == self.main_key else ''):>{w}}"
+            for k, w in zip(self.columns or [], self.widths(), strict=True)
         ]
         return f"{'eval':<4} {'step':>8} {'epoch':>6} " + " ".join(cols)
 
@@ -164,7 +165,7 @@ class EvalTable:
         if best:
             self.best_step = step
         cells = []
-        for key, width in zip(self.columns or [], self.widths()):
+        for key, width in zip(self.columns or [], self.widths(), strict=True):
             value = metrics.get(key)
             cells.append(f"{format_number(value) if value is not None else '-':>{width}}")
         epoch_text = f"{epoch:.2f}" if epoch is not None else "-"
@@ -264,9 +265,7 @@ def progress_callback(setting: str, main_metric: str, greater_is_better: bool, s
                     total = len(eval_dataloader) if eval_dataloader is not None else None
                 except TypeError:
                     total = None
-                self.eval_task = self.progress.add_task(
-                    "eval", total=total, epoch="", clock="evaluating", stats=""
-                )
+                self.eval_task = self.progress.add_task("eval", total=total, epoch="", clock="evaluating", stats="")
             self.progress.advance(self.eval_task)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):

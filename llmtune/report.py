@@ -225,7 +225,11 @@ def summary(run: Run) -> dict[str, str]:
         f"last eval {main}": f"{_fmt(evals[-1][f'eval_{main}'])} @ {evals[-1]['step']}" if evals else "-",
         "final eval loss": _fmt(final.get("eval_loss"))
         if final
-        else (_fmt([r for r in run.history if "eval_loss" in r][-1]["eval_loss"]) if any("eval_loss" in r for r in run.history) else "-"),
+        else (
+            _fmt([r for r in run.history if "eval_loss" in r][-1]["eval_loss"])
+            if any("eval_loss" in r for r in run.history)
+            else "-"
+        ),
         "last train loss": _fmt(trains[-1]["loss"]) if trains else "-",
         "wall time": _duration(wall) or "-",
         "throughput": " | ".join(x for x in (format_rate(samples, "samples"), format_rate(tokens, "tok")) if x) or "-",
@@ -244,7 +248,9 @@ def render_table(runs: list[Run]) -> str:
         fields += [k for k in s if k not in fields]
     names = [r.name for r in runs]
     width0 = max(len(f) for f in fields)
-    widths = [min(40, max(len(n), *(len(s.get(f, "-")) for f in fields))) for n, s in zip(names, summaries, strict=True)]
+    widths = [
+        min(40, max(len(n), *(len(s.get(f, "-")) for f in fields))) for n, s in zip(names, summaries, strict=True)
+    ]
 
     def cut(text: str, width: int) -> str:
         return text if len(text) <= width else "..." + text[-(width - 3) :]

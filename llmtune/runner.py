@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.config import CONFIG_FILENAME, RunConfig
-from llmtune.curves import CURVES_FILE
 from llmtune.console import echo, metrics_table, quiet_libraries
+from llmtune.curves import CURVES_FILE
 from llmtune.errors import LlmtuneError
 from llmtune.outputs import (
     METRICS_FILE,
@@ -149,7 +149,11 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     info(
         f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}"
         + f"; curves: {output_dir / CURVES_FILE}"
-        + (f"; TensorBoard: tensorboard --logdir {output_dir / TENSORBOARD_DIR}" if "tensorboard" in cfg.train.report_to else "")
+        + (
+            f"; TensorBoard: tensorboard --logdir {output_dir / TENSORBOARD_DIR}"
+            if "tensorboard" in cfg.train.report_to
+            else ""
+        )
     )
     return metrics
 

@@ -17,21 +17,30 @@ def estimate(
         Optional[str], typer.Option("--model", "-m", help="Hub id or model folder (reads config.json only).")
     ] = None,
     model_config: Annotated[
-        Optional[str], typer.Option("--model-config", help="Size preset (gpt2-small, llama-tiny...), config.json or Hub config.")
+        Optional[str],
+        typer.Option("--model-config", help="Size preset (gpt2-small, llama-tiny...), config.json or Hub config."),
     ] = None,
     recipe: c.Recipe = None,
     task: c.Task = None,
     objective: Annotated[Optional[str], typer.Option("--objective", help="clm or mlm (same as --task).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Tokens per sequence (default: recipe's, else 2048).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Per-GPU micro-batch (default: recipe's, else 8).")] = None,
-    precision: Annotated[
-        Optional[str], typer.Option("--precision", help="fp32, bf16 / fp16 / mixed (fp32 weights, autocast), pure-bf16.")
+    seq_len: Annotated[
+        Optional[int], typer.Option("--seq-len", help="Tokens per sequence (default: recipe's, else 2048).")
     ] = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="GPU type: h100, h200, a100, a10g, l4, rtx4090, mi300x, ...")] = "h100",
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Per-GPU micro-batch (default: recipe's, else 8).")
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option("--precision", help="fp32, bf16 / fp16 / mixed (fp32 weights, autocast), pure-bf16."),
+    ] = None,
+    gpu: Annotated[
+        str, typer.Option("--gpu", help="GPU type: h100, h200, a100, a10g, l4, rtx4090, mi300x, ...")
+    ] = "h100",
     gpus: Annotated[int, typer.Option("--gpus", help="Number of GPUs.")] = 1,
     sharding: Annotated[str, typer.Option("--sharding", help="ddp, zero2, zero3 or fsdp (full shard).")] = "ddp",
     gradient_checkpointing: Annotated[
-        Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: recipe's, else off.")
+        Optional[bool],
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: recipe's, else off."),
     ] = None,
     tokens: Annotated[Optional[float], typer.Option("--tokens", help="Training tokens, e.g. 2e9.")] = None,
     mfu: Annotated[float, typer.Option("--mfu", help="Model FLOPs utilisation assumed for the time estimate.")] = 0.4,
@@ -42,7 +51,9 @@ def estimate(
     lora_targets: Annotated[
         Optional[str], typer.Option("--lora-targets", help="Comma-separated module names (default: all linear layers).")
     ] = None,
-    vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="Vocabulary size (from-scratch configs).")] = None,
+    vocab_size: Annotated[
+        Optional[int], typer.Option("--vocab-size", help="Vocabulary size (from-scratch configs).")
+    ] = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
 ) -> None:
