@@ -157,6 +157,8 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
 
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+    from llmtune import hardware
+
     t = cfg.train
     eval_strategy = t.eval_strategy if has_eval else "no"
     metric = t.metric_for_best_model or task.main_metric
@@ -184,15 +186,13 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         greater_is_better=greater,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=t.dataloader_num_workers,
-        dataloader_pin_memory=_has_accelerator(),
         report_to=t.report_to if t.report_to != "none" else "none",
         remove_unused_columns=True,
         save_safetensors=True,
     )
+    # precision, TF32, torch.compile, optimizer, Liger, dataloader workers (checked in preflight)
+    kwargs.update(hardware.training_kwargs(cfg, ctx.state.get("performance")))
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     if t.group_by_length and not cfg.data.streaming:
         if "train_sampling_strategy" in fields:
@@ -205,12 +205,6 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
     if "activation_checkpointing" in allowed:  # transformers' new name for gradient_checkpointing
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     return cls(**{k: v for k, v in kwargs.items() if k in allowed})
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:

@@ -133,6 +133,10 @@ class Task:
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
         return []
 
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        """Checks that need the built model with its final attention kernel (e.g. that packed
+        examples stay apart); raise LlmtuneError. Runs before anything is written."""
+
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
 
