@@ -172,6 +172,14 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
     for col in required:
         if col and col not in ds.column_names:
             raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
+    from llmtune.datacache import function_parts, map_fingerprint, run_parts
+
+    # The cache key: what the rows depend on, not the whole run (see llmtune.datacache).
+    fingerprint = map_fingerprint(
+        ds, ctx.tokenizer, (encode.__module__,), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
+    )
+    if fingerprint is not None:
+        kwargs["new_fingerprint"] = fingerprint
     return ds.map(
         encode,
         batched=True,

@@ -504,6 +504,15 @@ def pack_dataset(
             out["word_starts"] = block_starts
         return out
 
+    from llmtune.datacache import map_fingerprint
+
+    extra = {}
+    fingerprint = map_fingerprint(
+        ds, tokenizer, (__name__,), objective=objective, block_size=block_size, text_column=text_column,
+        batch_size=batch_size, whole_words=whole_words, layout=layout,
+    )  # fmt: skip
+    if fingerprint is not None:  # a Dataset: cached by what the blocks depend on (llmtune.datacache)
+        extra["new_fingerprint"] = fingerprint
     return _map(
         ds,
         pack,
@@ -512,6 +521,7 @@ def pack_dataset(
         remove_columns=column_names(ds),
         num_proc=num_proc,
         desc=desc,
+        **extra,
     )
 
 
