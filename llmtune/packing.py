@@ -20,7 +20,10 @@ Two layouts:
   ``max_length_q/k``, so the varlen kernel does only the per-example work (and does not sync the
   device to find the boundaries).
 
-The same collator serves the eval loop, so validation batches are padding-free too.
+The same collator serves the eval loop, so validation batches are padding-free too, on one
+process: with several, accelerate's ``gather_for_metrics`` trims the last gathered batch to the
+number of *examples* left, which is wrong for rows holding several examples, so multi-process
+evaluation uses padded batches (:func:`multi_process`).
 
 Module level stays torch-free.
 """
@@ -153,3 +156,10 @@ def probe_document_attention(model: Any, option: str) -> None:
             f"{option}: {type(base).__name__} with attention {impl} lets packed examples attend to each other "
             f"(it ignores restarting position_ids): turn the option off or try model.attn_implementation=sdpa"
         )
+
+
+def multi_process() -> bool:
+    """Whether this run has several processes (then eval batches stay padded, see the module doc)."""
+    from llmtune.launch import distributed_state
+
+    return distributed_state().num_processes > 1

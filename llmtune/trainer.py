@@ -45,6 +45,17 @@ def llmtune_trainer(base: type) -> type:
             ):
                 self.model_accepts_loss_kwargs = False
 
+        eval_data_collator = None  # the eval loop's collator when it differs from training's
+
+        def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, **kwargs):
+            if is_training or self.eval_data_collator is None:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+            try:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            finally:
+                self.data_collator = train_collator
+
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
                 return None
@@ -233,4 +244,5 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer

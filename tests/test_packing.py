@@ -119,3 +119,41 @@ def torch_module():
     import torch
 
     return torch.nn.Module
+
+
+def test_multi_process_eval_uses_padded_batches(monkeypatch, tmp_path):
+    """gather_for_metrics trims by example count: packed eval rows would be miscounted on several
+    processes, so the eval loop then gets the task's padded collator (training stays packed)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from llmtune import packing
+    from llmtune.config import load_config
+    from llmtune.tasks import get_task
+    from llmtune.tasks.base import RunContext
+    from llmtune.tasks.lm import LMCollator
+    from llmtune.trainer import llmtune_trainer
+
+    cfg = load_config(task="clm", sets=["options.packing=documents", "options.block_size=32"], validate=False)
+    task = get_task("clm")
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+    ctx = RunContext(cfg=cfg, tokenizer=Tok())
+    assert task.eval_collator(ctx) is None  # one process: eval is packed too
+    monkeypatch.setattr(packing, "multi_process", lambda: True)
+    eval_collator = task.eval_collator(ctx)
+    assert isinstance(eval_collator, LMCollator)
+    data = Dataset.from_dict({"input_ids": [[5, 6, 7], [8, 9]]})
+    args = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=2, report_to="none", remove_unused_columns=False
+    )
+    trainer = llmtune_trainer(Trainer)(
+        model=_tiny_llama(), args=args, train_dataset=data, eval_dataset=data, data_collator=task.collator(ctx)
+    )
+    trainer.eval_data_collator = eval_collator
+    assert "position_ids" in next(iter(trainer.get_train_dataloader()))
+    eval_batch = next(iter(trainer.get_eval_dataloader()))
+    assert "attention_mask" in eval_batch and eval_batch["input_ids"].shape == (2, 3)
+    assert isinstance(trainer.data_collator, packing.PaddingFreeCollator)  # restored after building

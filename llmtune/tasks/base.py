@@ -116,6 +116,10 @@ class Task:
 
         return DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=None)
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        """The evaluation loop's collator when it must differ from :meth:`collator` (None: the same)."""
+        return None
+
     def compute_metrics(self, ctx: RunContext) -> Any:
         """A ``compute_metrics(EvalPrediction) -> dict`` callable, or None."""
         return None

@@ -323,6 +323,13 @@ class CausalLMTask(LMTask):
             check_model_takes_positions(model, "options.packing=documents")
             probe_document_attention(model, "options.packing=documents")
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing == "documents" and multi_process():
+            return super().collator(ctx)  # padded rows of the same documents
+        return None
+
     def collator(self, ctx: RunContext) -> Any:
         if ctx.cfg.options.packing != "documents":
             return super().collator(ctx)

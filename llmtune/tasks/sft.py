@@ -301,6 +301,19 @@ class SFTTask(Task):
 
             probe_document_attention(model, "options.packing")
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing and multi_process():
+            return self.padded_collator(ctx)
+        return None
+
+    def padded_collator(self, ctx: RunContext) -> Any:
+        from transformers import DataCollatorForSeq2Seq
+
+        # Pads input_ids/attention_mask with the pad token and labels with -100 (decoder-only is fine).
+        return DataCollatorForSeq2Seq(ctx.tokenizer, label_pad_token_id=-100, padding=True)
+
     def collator(self, ctx: RunContext) -> Any:
         if ctx.cfg.options.packing:
             from llmtune.packing import PaddingFreeCollator, layout_for
@@ -311,10 +324,7 @@ class SFTTask(Task):
                 row_length=ctx.cfg.data.max_length,
                 layout=layout_for(ctx.cfg.model.attn_implementation),
             )
-        from transformers import DataCollatorForSeq2Seq
-
-        # Pads input_ids/attention_mask with the pad token and labels with -100 (decoder-only is fine).
-        return DataCollatorForSeq2Seq(ctx.tokenizer, label_pad_token_id=-100, padding=True)
+        return self.padded_collator(ctx)
 
     def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
         o = ctx.cfg.options
