@@ -11,6 +11,10 @@ partial last block of each map batch is kept and padded by the collator.
   is framed like a single sequence (``[CLS] ... [SEP]``), so every block looks like what the
   model sees at fine-tuning time.
 
+clm ``options.packing``: ``blocks`` (the above), or ``documents`` / ``padded``: one document
+per example (split into ``block_size`` pieces), batched padding-free with per-document attention
+(:mod:`llmtune.packing`) or padded.
+
 Evaluation reports perplexity = exp(total NLL / number of predicted tokens) over the whole split,
 summed per row on the device (``preprocess_logits_for_metrics``) and gathered across processes
 by the Trainer, not the mean of per-batch losses that ``eval_loss`` is. MLM eval masks are drawn
