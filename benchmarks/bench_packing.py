@@ -15,7 +15,7 @@ those / ``train_runtime``. The loss check: padded random batches and packed batc
 examples in the same order, so their logged training losses must agree step by step (up to
 float rounding), and so must the held-out per-token loss.
 
-    python benchmarks/bench_packing.py [--sft-train 200] [--clm-docs 700] [--shared DIR] [--no-write]
+    python benchmarks/bench_packing.py [--sft-train 96] [--clm-docs 320] [--shared DIR] [--no-write]
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def run(name: str, args: list[str], work: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sft-train", type=int, default=200, help="SAMSum dialogues to train on")
-    ap.add_argument("--sft-eval", type=int, default=60)
+    ap.add_argument("--sft-train", type=int, default=96, help="SAMSum dialogues to train on")
+    ap.add_argument("--sft-eval", type=int, default=40)
     ap.add_argument("--sft-max-length", type=int, default=1024)
-    ap.add_argument("--clm-docs", type=int, default=700, help="WikiText-2 paragraphs to train on")
+    ap.add_argument("--logging-steps", type=int, default=2)
+    ap.add_argument("--clm-docs", type=int, default=320, help="WikiText-2 paragraphs to train on")
+    ap.add_argument("--clm-eval", type=int, default=60, help="held-out paragraphs (the last ones)")
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the shared data folder")
@@ -115,7 +117,7 @@ def main() -> int:
     os.environ["HF_HOME"] = str(work / "hf")  # a fresh datasets cache for the children
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     common = ["--epochs", "1", "--batch-size", str(args.batch_size), "--seed", "0", "--set", "train.eval_strategy=no"]
-    common += ["--set", "train.logging_steps=5", "--set", "train.save_total_limit=1"]
+    common += ["--set", f"train.logging_steps={args.logging_steps}", "--set", "train.save_total_limit=1"]
     results: dict[str, dict] = {}
 
     # ---- sft on SAMSum chat -------------------------------------------------------------------
@@ -146,7 +148,7 @@ def main() -> int:
     clm_data = work / "wikitext"
     clm_data.mkdir()
     (clm_data / "train.txt").write_text("\n".join(docs[: args.clm_docs]) + "\n", encoding="utf-8")
-    (clm_data / "validation.txt").write_text("\n".join(docs[-150:]) + "\n", encoding="utf-8")
+    (clm_data / "validation.txt").write_text("\n".join(docs[-args.clm_eval :]) + "\n", encoding="utf-8")
     tok_dir = work / "tok"
     code, _, _ = run_child(
         ["tokenizer", "train", "--dataset", str(clm_data / "train.txt"), "--objective", "clm", "--type", "bpe",
@@ -206,14 +208,14 @@ def main() -> int:
     lines_out = [
         "## Padding-free packing vs padded batches (CPU, issue 12)",
         "",
-        f"`python benchmarks/bench_packing.py --sft-train {args.sft_train} --clm-docs {args.clm_docs}` - {started}; "
+        f"`python benchmarks/bench_packing.py --sft-train {args.sft_train} --clm-docs {args.clm_docs} --shared /work/shared` - {started}; "
         f"{machine}; each run in its own process, 1 thread, one epoch, batch {args.batch_size}, seed 0.",
         "",
         f"- sft: `llama-tiny` preset (random init, 4 layers, hidden 256) with the `tiny_chat_llama` tokenizer on "
         f"{sft_rows} SAMSum dialogues as chat (one message per line, alternating user/assistant; assistant lines "
         f"are the targets), max_length {args.sft_max_length}; held out: the next {args.sft_eval} dialogues.",
         f"- clm: the same architecture from scratch on {args.clm_docs} WikiText-2 paragraphs (one document per "
-        f"line), BPE 8000 trained by `llmtune tokenizer train`, block {args.block}; held out: the last 150 paragraphs.",
+        f"line), BPE 8000 trained by `llmtune tokenizer train`, block {args.block}; held out: the last {args.clm_eval} paragraphs.",
         "",
         *table,
         "",
