@@ -133,9 +133,9 @@ def main() -> int:
         "--set", "options.num_samples=0", "--set", "train.gradient_accumulation_steps=1", *common,
     ]  # fmt: skip
     sft_variants = {
-        "sft padded (random batches)": ["--set", "train.group_by_length=false"],
+        "sft padded (random batches)": ["--set", "options.packing=false", "--set", "train.group_by_length=false"],
         "sft packed (padding-free)": ["--set", "options.packing=true"],
-        "sft padded (length-grouped, llmtune default)": [],
+        "sft padded (length-grouped)": ["--set", "options.packing=false", "--set", "train.group_by_length=true"],
     }
     for name, extra in sft_variants.items():
         print(f"== {name}", flush=True)

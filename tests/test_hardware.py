@@ -164,3 +164,15 @@ def test_clm_trains_compiled(cli, tmp_path):
     assert result.exit_code == 0, result.output[-2000:]
     assert "torch.compile (default)" in result.output
     assert json.loads((out / "metrics.json").read_text())["train"]["train_loss"] > 0
+
+
+def test_attention_the_model_lacks_is_refused_in_one_line(cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli("pretrain", "--recipe", "clm-smoke", "-o", out, "--set", "model.attn_implementation=flex_attention")
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert lines == [
+        "error: model.attn_implementation=flex_attention: GPT2LMHeadModel does not support it; "
+        "available for it here: sdpa, eager"
+    ], result.output[-600:]
+    assert not (out / "llmtune_config.yaml").exists()  # refused before anything was written
