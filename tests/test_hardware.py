@@ -96,6 +96,7 @@ def test_compile_refused_where_it_fails_unless_fallback(monkeypatch):
     assert "torch_compile" not in hardware.training_kwargs(cfg, resolved)
 
 
+@pytest.mark.slow
 def test_compile_works_here_and_becomes_torch_compile():
     if hardware.compile_problem("cpu", None) is not None:
         pytest.skip("torch.compile does not work on this machine")
