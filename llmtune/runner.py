@@ -72,7 +72,11 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         info(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
 
+    from llmtune import hardware
+
     ctx = RunContext(cfg=cfg, training=True, model_path=cfg.model.name_or_path)
+    ctx.state["performance"] = performance = hardware.preflight(cfg)  # before any data work
+    info(performance_line(cfg, performance))
     ctx.tokenizer = task.load_tokenizer(ctx)
     with state.main_process_first():
         raw = task.load_data(ctx)
@@ -80,6 +84,8 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     if "train" not in processed:
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
     ctx.model = task.build_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
     has_eval = "validation" in processed
 
@@ -162,6 +168,23 @@ def _callback(trainer: Any, name: str) -> Any:
     return next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == name)
 
 
+def performance_line(cfg: RunConfig, resolved: dict) -> str:
+    """What the run will use: precision (auto resolved), attention, compile, optimizer."""
+    from llmtune.hardware import machine
+
+    t = cfg.train
+    parts = [
+        f"precision {resolved['precision']}" + (" (auto)" if t.precision == "auto" else ""),
+        f"attention {cfg.model.attn_implementation or 'sdpa (default)'}",
+        f"optimizer {resolved['optim']}",
+    ]
+    if resolved["compile"]:
+        parts.append(f"torch.compile ({t.compile_mode or 'default'})")
+    if t.liger_kernel:
+        parts.append("Liger kernels")
+    return f"llmtune: {machine()}: " + ", ".join(parts)
+
+
 def precheck_train(cfg: RunConfig) -> None:
     """Cheap checks worth doing before launching workers: output dir and --resume."""
     from llmtune.checkpoint import resolve_resume
@@ -201,9 +224,14 @@ def run_eval(
 
     if split:
         cfg.data.eval_split = split
+    from llmtune import hardware
+
     ctx = RunContext(cfg=cfg, training=False, model_path=model_path)
+    ctx.state["performance"] = hardware.preflight(cfg)
     ctx.tokenizer = task.load_tokenizer(ctx)
     ctx.model = task.load_trained_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     with state.main_process_first():
         raw = task.load_data(ctx)
         if "validation" not in raw:

@@ -88,6 +88,17 @@ def llmtune_trainer(base: type) -> type:
             finally:
                 self._window_paused += time.perf_counter() - started
 
+        eval_data_collator = None  # the eval loop's collator when it differs from training's
+
+        def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, **kwargs):
+            if is_training or self.eval_data_collator is None:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+            try:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            finally:
+                self.data_collator = train_collator
+
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
                 return None
@@ -220,6 +231,8 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
 
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+    from llmtune import hardware
+
     t = cfg.train
     eval_strategy = t.eval_strategy if has_eval else "no"
     metric = t.metric_for_best_model or task.main_metric
@@ -247,16 +260,14 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         greater_is_better=greater,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=t.dataloader_num_workers,
-        dataloader_pin_memory=_has_accelerator(),
         report_to=[r for r in t.report_to if r != "none"] or "none",
         disable_tqdm=True,  # llmtune.progress draws the run
         remove_unused_columns=True,
         save_safetensors=True,
     )
+    # precision, TF32, torch.compile, optimizer, Liger, dataloader workers (checked in preflight)
+    kwargs.update(hardware.training_kwargs(cfg, ctx.state.get("performance")))
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     if t.group_by_length and not cfg.data.streaming:
         if "train_sampling_strategy" in fields:
@@ -269,12 +280,6 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
     if "activation_checkpointing" in allowed:  # transformers' new name for gradient_checkpointing
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     return cls(**{k: v for k, v in kwargs.items() if k in allowed})
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:
@@ -312,6 +317,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer
 
 
