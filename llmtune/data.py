@@ -136,7 +136,10 @@ def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: s
             check_local_file(p)
         builder, kwargs = FORMATS[_ext(paths[0])]
         kwargs = dict(kwargs)
-        if builder == "text" and text_sample_by:
+        if builder == "text" and text_sample_by == "stream":
+            # One row per line with its line break kept: joined back, the rows are the file as is.
+            kwargs.update(sample_by="line", keep_linebreaks=True)
+        elif builder == "text" and text_sample_by:
             kwargs["sample_by"] = text_sample_by
         try:
             ds = load_dataset(

@@ -57,6 +57,9 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     echo("llmtune: resolved config\n" + cfg.to_yaml())
+    note = recipe_note(cfg)
+    if note:
+        echo(note)
     if resume_from is not None:
         echo(f"llmtune: resuming from {resume_from}")
     elif cfg.train.resume == "auto":
@@ -82,6 +85,8 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         cfg.save(output_dir)
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
+    if has_eval and ctx.state.get("eval_batch_note"):
+        echo(f"llmtune: {ctx.state['eval_batch_note']}")
     started = time.perf_counter()
     stopper = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnSignal")
     try:
@@ -103,6 +108,9 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         )
     train_metrics = clean_metrics(dict(result.metrics))
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
+    memory = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StepMemory"), None)
+    if memory is not None:
+        train_metrics.update(memory.metrics())
 
     metrics: dict[str, Any] = {"train": train_metrics}
     records: list[dict] = []
@@ -130,6 +138,18 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         echo("\n" + metrics_table("held-out metrics (test split)", task.headline(metrics["test"])))
     echo(f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}")
     return metrics
+
+
+def recipe_note(cfg: RunConfig) -> str | None:
+    """The values a task's default recipe set without being asked for (no --recipe given)."""
+    values = getattr(cfg, "recipe_defaults", None)
+    if not values:
+        return None
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    return (
+        f"llmtune: no --recipe given, so the task's default recipe {cfg.recipe_source} set: {shown} "
+        f"(change any with --set KEY=VALUE)"
+    )
 
 
 def precheck_train(cfg: RunConfig) -> None:
@@ -187,10 +207,17 @@ def run_eval(
     cfg.train.output_dir = str(output_dir)
     cfg.train.load_best_model_at_end = False
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
+    method = task.eval_note(ctx)
+    for line in (method, ctx.state.get("eval_batch_note")):
+        if line:
+            echo(f"llmtune: {line}")
     metrics, records = task.predict(ctx, trainer, raw["validation"], processed["validation"])
     metrics = clean_metrics(metrics)
     if state.is_main_process:
-        write_json(output_dir / METRICS_FILE, {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset})
+        summary = {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset}
+        if method:
+            summary["method"] = method
+        write_json(output_dir / METRICS_FILE, summary)
         write_jsonl(output_dir / PREDICTIONS_FILE, records)
         cfg.save(output_dir)
     state.wait_for_everyone()

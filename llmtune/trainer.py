@@ -30,6 +30,8 @@ def llmtune_trainer(base: type) -> type:
 
     class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
         length_group_batches = 4  # train.group_by_length_batches
+        # The task's eval step (Task.eval_step): reduces each batch to what metrics need.
+        eval_step: Any = None
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -44,6 +46,19 @@ def llmtune_trainer(base: type) -> type:
                 and loss_uses_item_count(self) is False
             ):
                 self.model_accepts_loss_kwargs = False
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            if self.eval_step is None:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            import torch
+
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, predictions, labels = self.eval_step(model, inputs)
+            loss = loss.detach() if loss is not None else None
+            if prediction_loss_only:
+                return loss, None, None
+            return loss, predictions, labels
 
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
@@ -216,11 +231,16 @@ def _has_accelerator() -> bool:
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
 
-    from llmtune.checkpoint import fault_injection_callback, stop_on_signal_callback
+    from llmtune.checkpoint import fault_injection_callback, skip_final_checkpoint_callback, stop_on_signal_callback
+    from llmtune.memory import step_memory_callback
 
     cfg = ctx.cfg
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
-    callbacks = [stop_on_signal_callback(), fault_injection_callback()]
+    stopper = stop_on_signal_callback()
+    keep_final = cfg.train.save_final_checkpoint or bool(args.load_best_model_at_end)
+    callbacks = [stopper, skip_final_checkpoint_callback(stopper, keep_final), fault_injection_callback()]
+    if ctx.training:
+        callbacks.append(step_memory_callback())
     if cfg.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
@@ -236,6 +256,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(ctx),
         callbacks=callbacks,
     )
+    trainer.eval_step = task.eval_step(ctx)
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches

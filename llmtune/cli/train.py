@@ -55,6 +55,7 @@ def finetune(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    gguf_file: c.GgufFile = None,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -66,6 +67,7 @@ def finetune(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
         trust_remote_code,
     )  # fmt: skip
+    flags["model.gguf_file"] = gguf_file
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
 
