@@ -24,6 +24,9 @@ FORMATS: dict[str, tuple[str, dict]] = {
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
     ".txt": ("text", {}),
+    # WikiText's plain-text files (wiki.valid.tokens, wiki.test.raw)
+    ".tokens": ("text", {}),
+    ".raw": ("text", {}),
 }
 SPLIT_ALIASES = {
     "train": "train",
