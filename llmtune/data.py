@@ -50,6 +50,19 @@ def _ext(path: Path) -> str:
     return path.suffix.lower()
 
 
+def is_text_data(spec: str | None) -> bool:
+    """Whether ``spec`` is a local plain-text file, or a folder of them (read by the text loader)."""
+    if not spec:
+        return False
+    path = Path(resolve_location(spec)).expanduser()
+    texts = {ext for ext, (builder, _) in FORMATS.items() if builder == "text"}
+    if path.is_file():
+        return _ext(path) in texts
+    if path.is_dir():
+        return any(_ext(p) in texts for paths in split_files(path).values() for p in paths)
+    return False
+
+
 def is_local_spec(spec: str) -> bool:
     """Whether ``spec`` names (or clearly means to name) a local file or folder."""
     if spec.startswith(("builtin:", "package:")):

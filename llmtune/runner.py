@@ -29,6 +29,7 @@ from llmtune.outputs import (
     write_jsonl,
     write_model_card,
 )
+from llmtune.recipes import recipe_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 from llmtune.trainer import build_trainer
@@ -57,7 +58,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     echo("llmtune: resolved config\n" + cfg.to_yaml())
-    note = recipe_note(cfg)
+    note = recipe_defaults_note(cfg)
     if note:
         echo(note)
     if resume_from is not None:
@@ -138,18 +139,6 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         echo("\n" + metrics_table("held-out metrics (test split)", task.headline(metrics["test"])))
     echo(f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}")
     return metrics
-
-
-def recipe_note(cfg: RunConfig) -> str | None:
-    """The values a task's default recipe set without being asked for (no --recipe given)."""
-    values = getattr(cfg, "recipe_defaults", None)
-    if not values:
-        return None
-    shown = ", ".join(f"{k}={v}" for k, v in values.items())
-    return (
-        f"llmtune: no --recipe given, so the task's default recipe {cfg.recipe_source} set: {shown} "
-        f"(change any with --set KEY=VALUE)"
-    )
 
 
 def precheck_train(cfg: RunConfig) -> None:

@@ -21,7 +21,12 @@ def resolve_and_run(
 
     cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags)
     if dry_run:
+        from llmtune.recipes import recipe_defaults_note
+
         typer.echo(cfg.to_yaml().rstrip())
+        note = recipe_defaults_note(cfg)
+        if note:
+            typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
         return
     if launch is not None:
         from llmtune.launch import check_options, relaunch

@@ -319,7 +319,12 @@ class CausalLMTask(LMTask):
     def eval_note(self, ctx: RunContext) -> str | None:
         o = ctx.cfg.options
         mode = sample_by(ctx)
+        from llmtune.data import is_text_data
+
+        if not is_text_data(ctx.cfg.data.dataset) and mode != "stream":
+            mode = "rows"
         text = {
+            "rows": "each row a document followed by EOS",
             "stream": "the text as one token stream (no EOS between lines)",
             "line": "each line a document followed by EOS",
             "paragraph": "each paragraph a document followed by EOS",
@@ -332,7 +337,8 @@ class CausalLMTask(LMTask):
             )
         else:
             windows = f"non-overlapping blocks of {o.block_size} tokens (options.stride for a sliding window)"
-        return f"perplexity over {text} [options.sample_by={mode}] in {windows}"
+        how = "" if mode == "rows" else f" [options.sample_by={mode}]"
+        return f"perplexity over {text}{how} in {windows}"
 
 
 class MaskedLMTask(LMTask):
@@ -759,10 +765,14 @@ def lm_eval_batch_args(ctx: RunContext, seq_len: int | None) -> dict:
 
 def sample_by(ctx: RunContext) -> str:
     """How a .txt is read: ``options.sample_by``, else stream when `llmtune eval` scores a clm."""
+    from llmtune.data import is_text_data
+
     chosen = ctx.cfg.options.sample_by
     if chosen is not None:
         return chosen
-    return "stream" if not ctx.training and ctx.cfg.task == "clm" else "line"
+    if not ctx.training and ctx.cfg.task == "clm" and is_text_data(ctx.cfg.data.dataset):
+        return "stream"
+    return "line"
 
 
 def total_loss(rows: Any) -> tuple[float, int]:
