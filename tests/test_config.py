@@ -138,3 +138,9 @@ def test_recipe_description_kept_when_model_and_data_are_its_own():
     assert cfg.description.startswith("Offline demo")
     cfg = load_config(recipe="sentiment-demo", flags={"data.dataset": "mine.csv"})
     assert cfg.description == ""
+
+
+def test_recipe_dataset_configuration_goes_with_its_dataset():
+    cfg = load_config(task="sentiment", flags={"data.dataset": "reviews.csv"})
+    assert cfg.data.config_name is None and "data.config_name" not in cfg.recipe_defaults
+    assert load_config(task="sentiment").data.config_name == "sst2"
