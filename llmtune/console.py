@@ -44,5 +44,9 @@ def quiet_libraries(debug: bool) -> None:
         # in one line (with the file's line number) instead.
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         datasets.disable_progress_bars()
+        import logging
+
+        # bitsandbytes (pulled in by GGUF / quantized loading) warns about optional CPU kernels.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -439,11 +439,17 @@ class AsrTask(Task):
             args["generation_max_length"] = None
         return args
 
-    def eval_logits_hook(self, ctx: RunContext) -> Any:
-        """CTC: greedy ids per frame, frames past each clip's end set to -100 (never decoded)."""
+    def eval_step(self, ctx: RunContext) -> Any:
+        """CTC: keep greedy ids per frame (not the logits), frames past each clip's end set to -100
+        (padding, never decoded). Encoder-decoder models use the Trainer's generation step."""
         if ctx.state["family"] != "ctc":
             return None
-        return ctc_frame_ids
+
+        def step(model: Any, inputs: dict) -> tuple:
+            out = model(**inputs)
+            return out.loss, ctc_frame_ids(model, inputs, out.logits), inputs.get("labels")
+
+        return step
 
     # ---- metrics, predictions ---------------------------------------------------------------
     def decode(self, ctx: RunContext, ids: Any, references: bool = False) -> list[str]:
