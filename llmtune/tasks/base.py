@@ -91,6 +91,13 @@ class Task:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         return model
 
+    def trainer_class(self, ctx: RunContext, base: type) -> type:
+        """The Trainer class this task runs: ``base`` (llmtune's Trainer subclass, see
+        :func:`llmtune.trainer.llmtune_trainer`) or a subclass of it that computes the loss and
+        evaluation outputs differently (e.g. preference tuning). Checkpoints, samplers and
+        resume come from ``base``, so a subclass keeps them."""
+        return base
+
     def training_args(self, ctx: RunContext) -> dict:
         """Extra ``TrainingArguments`` this task needs (e.g. generation settings)."""
         return {}
