@@ -11,8 +11,9 @@ Data, one pair per row (``options.prompt_column`` / ``chosen_column`` / ``reject
 
 Both answers are rendered after the prompt with the tokenizer's chat template exactly as in
 ``sft`` (same named fallbacks, EOS appended, segment-wise tokenization: the prompt tokens are
-what inference feeds the model). A pair longer than ``data.max_length`` keeps the end of its
-prompt (at most ``options.max_prompt_length`` tokens, default half) and the start of the answers.
+what inference feeds the model). A pair longer than ``data.max_length`` drops the start of its
+prompt to make room for the answers, but keeps at least ``options.max_prompt_length`` prompt
+tokens (default half of ``data.max_length``); answers still too long lose their end.
 
 Bad pairs: an empty answer, or a prompt that cannot be separated from the answers, stops the run
 with one line naming the split, row and column (``options.skip_invalid_pairs=true`` skips them
@@ -36,9 +37,12 @@ evaluation and in ``llmtune eval``: ``reward_accuracy`` (chosen reward > rejecte
 The reference model: a frozen copy of the starting model; with LoRA adapters the same model with
 its adapters disabled (no second copy); ``options.reference_model`` loads another one;
 ``options.precompute_reference`` scores the data once with the starting model before training
-and keeps no reference in memory. ``llmtune eval`` of a trained run loads the run's base model as
-reference (or ``options.reference_model``); a model with no known base is scored reference-free
-(rewards are the policy's log-probabilities).
+and keeps no reference in memory; data with ``ref_chosen_logps`` / ``ref_rejected_logps`` columns
+(summed answer log-probs from the same tokenization, e.g. the ``chosen_logps`` / ``rejected_logps``
+of an earlier ``llmtune eval`` of the reference's predictions.jsonl) needs no reference model at
+all. ``llmtune eval`` of a trained run loads the run's base model as reference (or
+``options.reference_model``); a model with no known base is scored reference-free (rewards are
+the policy's log-probabilities: its implicit preference).
 
 The loss is computed here on ``transformers.Trainer`` (``compute_loss``), not with TRL's
 ``DPOTrainer``: TRL 1.16 tokenizes the strings itself (no llmtune chat-template spans, no HH split
@@ -60,6 +64,7 @@ from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "question", "instruction", "query")
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 REFERENCE_FREE = ("simpo",)
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -83,7 +88,8 @@ class DPOOptions:
     loss_type: str = "sigmoid"
     beta: float = 0.1
     simpo_gamma: float = 0.5
-    # Longest prompt kept (its last tokens) when a pair exceeds data.max_length; None = half.
+    # Prompt tokens always kept (its last ones) when a pair exceeds data.max_length: the prompt
+    # gives way to the answers down to this length, then the answers are cut. None = half.
     max_prompt_length: int | None = None
     # Reference model: None = the starting model (a frozen copy, or adapters disabled with LoRA);
     # a folder or Hub id to load another one. `llmtune eval` uses the run's base model.
@@ -201,6 +207,8 @@ class DPOTask(Task):
             out: dict[str, list] = {k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "length", "row")}
             out.update(problem=[], truncated=[])
             keys = list(batch)
+            for col in REF_COLUMNS if REF_COLUMNS[0] in keys else ():
+                out[col] = [_logp(v, col, index) for v, index in zip(batch[col], indices, strict=True)]
             for i, index in enumerate(indices):
                 row = {k: batch[k][i] for k in keys}
                 try:
@@ -221,6 +229,11 @@ class DPOTask(Task):
         out = {}
         required = tuple(c for c in ctx.columns.values() if c)
         for split, ds in raw.items():
+            if (REF_COLUMNS[0] in ds.column_names) != (REF_COLUMNS[1] in ds.column_names):
+                raise LlmtuneError(
+                    f"split '{split}' of {cfg.data.dataset} has only one of the columns {' and '.join(REF_COLUMNS)}: "
+                    f"precomputed reference log-probs need both"
+                )
             encoded = tokenize_split(ctx, ds, split, encode, required=required, with_indices=True)
             counts: Counter = Counter()
             for row, problem in zip(encoded["row"], encoded["problem"], strict=True):
@@ -236,7 +249,7 @@ class DPOTask(Task):
             truncated = sum(encoded["truncated"])
             encoded = encoded.filter(lambda b: [not p for p in b["problem"]], batched=True, desc="dropping bad pairs")
             encoded = encoded.remove_columns(["problem", "truncated"])
-            notes = [f"{n} {SKIP_REASONS[k]}" for k, n in sorted(counts.items())]
+            notes = [f"{n} pair{'s' * (n != 1)} {SKIP_REASONS[k]}" for k, n in sorted(counts.items())]
             if notes:
                 echo(f"dpo: split '{split}': skipped " + "; ".join(notes))
             if truncated:
@@ -244,6 +257,8 @@ class DPOTask(Task):
             if len(encoded) == 0:
                 raise LlmtuneError(f"split '{split}' of {cfg.data.dataset} has no usable preference pair left")
             out[split] = encoded
+        # Every split scored by the reference already: no reference model is needed.
+        ctx.state["ref_columns"] = all(REF_COLUMNS[0] in ds.column_names for ds in out.values())
         return out
 
     def collator(self, ctx: RunContext) -> Any:
@@ -265,7 +280,7 @@ class DPOTask(Task):
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         disable_dropout(model)  # policy and reference must score a pair the same way (as TRL does)
         o = ctx.cfg.options
-        if o.loss_type in REFERENCE_FREE:
+        if o.loss_type in REFERENCE_FREE or ctx.state.get("ref_columns"):
             ctx.state["reference"] = None
         elif o.reference_model:
             ctx.state["reference"] = self.load_reference(ctx, o.reference_model, None)
@@ -279,7 +294,6 @@ class DPOTask(Task):
 
     def load_trained_model(self, ctx: RunContext) -> Any:
         from llmtune.config import CONFIG_FILENAME, read_yaml
-        from llmtune.console import echo
 
         model = super().load_trained_model(ctx)
         disable_dropout(model)
@@ -287,19 +301,16 @@ class DPOTask(Task):
         ctx.state["reference"] = None
         if o.loss_type in REFERENCE_FREE:
             return model
+        if o.reference_model:
+            ctx.state["reference"] = ("load", o.reference_model, None)
+            return model
+        # A dpo run's reference was the model it started from (recorded in its config).
         saved = Path(ctx.model_path) / CONFIG_FILENAME
-        trained = read_yaml(saved).get("model", {}) if saved.is_file() else {}
-        spec, gguf = (o.reference_model, None) if o.reference_model else (trained.get("name_or_path"), None)
-        if spec and not o.reference_model:
-            gguf = trained.get("gguf_file")
-        if spec:
-            echo(f"dpo: reference model {spec}" + (f" ({gguf})" if gguf else ""))
-            ctx.state["reference"] = self.load_reference(ctx, spec, gguf)
-        else:
-            echo(
-                "dpo: no reference model (the model has no recorded base; set options.reference_model): "
-                "rewards are the policy's log-probabilities (implicit preference)"
-            )
+        run = read_yaml(saved) if saved.is_file() else {}
+        base = run.get("model") or {}
+        if run.get("task") == self.name and base.get("name_or_path"):
+            # loaded by the Trainer, unless the data holds reference log-probs
+            ctx.state["reference"] = ("load", base["name_or_path"], base.get("gguf_file"))
         return model
 
     def load_reference(self, ctx: RunContext, spec: str, gguf_file: str | None) -> Any:
@@ -316,7 +327,7 @@ class DPOTask(Task):
         return freeze(model)
 
     def trainer_class(self, ctx: RunContext, base: type) -> type:
-        return preference_trainer(base, ctx)
+        return preference_trainer(base, ctx, self)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def compute_metrics(self, ctx: RunContext) -> Any:
@@ -363,14 +374,26 @@ class DPOTask(Task):
 
 
 SKIP_REASONS = {
-    "identical": "pairs whose chosen and rejected answers are identical (no preference to learn)",
-    "empty": "pairs with an empty answer",
-    "unseparable": "pairs whose prompt cannot be separated from the answers",
+    "identical": "whose chosen and rejected answers are identical (no preference to learn)",
+    "empty": "with an empty answer",
+    "unseparable": "whose prompt cannot be separated from the answers",
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # rows -> (prompt messages, chosen, rejected)
+
+
+def _logp(value: Any, column: str, index: int) -> float:
+    import math
+
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise LlmtuneError(f"column '{column}' row {index + 1}: expected a finite log-probability, got {value!r:.40}")
+    return number
 
 
 class BadPair(ValueError):
@@ -614,7 +637,7 @@ def is_peft(model: Any) -> bool:
 # the Trainer
 
 
-def preference_trainer(base: type, ctx: RunContext) -> type:
+def preference_trainer(base: type, ctx: RunContext, task: DPOTask) -> type:
     """``base`` (llmtune's Trainer) with the preference loss, its training-log metrics and
     per-pair evaluation outputs (exact metrics, each pair counted once on any number of
     processes, through the Trainer's ``gather_for_metrics``)."""
@@ -628,12 +651,28 @@ def preference_trainer(base: type, ctx: RunContext) -> type:
             super().__init__(*args, **kwargs)
             # compute_loss returns a mean over pairs, so the Trainer must divide by accumulation steps.
             self.model_accepts_loss_kwargs = False
-            self.ref_model = reference.to(self.args.device) if isinstance(reference, torch.nn.Module) else None
             self._sums: Any = None
+            datasets = [d for d in (self.train_dataset, self.eval_dataset) if d is not None]
+            scored = all(REF_COLUMNS[0] in d.column_names for d in datasets)
+            ref = reference
+            if isinstance(ref, tuple) and not scored:  # ("load", spec, gguf_file), for llmtune eval
+                from llmtune.console import echo
+
+                echo(f"dpo: reference model {ref[1]}" + (f" ({ref[2]})" if ref[2] else ""))
+                ref = task.load_reference(ctx, ref[1], ref[2])
+            self.ref_model = ref.to(self.args.device) if isinstance(ref, torch.nn.Module) else None
+            if ref is None and not scored and o.loss_type not in REFERENCE_FREE:
+                from llmtune.console import echo
+
+                echo(
+                    "dpo: no reference model (the model has no recorded base: set options.reference_model, or give "
+                    "the data ref_chosen_logps/ref_rejected_logps columns): rewards are the policy's log-probabilities"
+                )
             if reference == "precompute":
                 # Before any step: self.model is still the starting model.
-                self.train_dataset = self.add_reference_logps(self.train_dataset)
-                if self.eval_dataset is not None:
+                if self.train_dataset is not None and REF_COLUMNS[0] not in self.train_dataset.column_names:
+                    self.train_dataset = self.add_reference_logps(self.train_dataset)
+                if self.eval_dataset is not None and REF_COLUMNS[0] not in self.eval_dataset.column_names:
                     self.eval_dataset = self.add_reference_logps(self.eval_dataset)
 
         # ---- scores ----------------------------------------------------------------------
