@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.run_utils import llmtune, losses, same_weights
+from tests.run_utils import llmtune, losses, same_weights, weights
 from tests.test_dpo import make_preference_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,8 @@ def test_resume_after_sigkill_is_exact(tiny_llama_dir, data, tmp_path):
 
 
 def test_two_processes_match_one(tiny_llama_dir, data, tmp_path):
+    import torch
+
     one, two = tmp_path / "one", tmp_path / "two"
     result = llmtune(dpo_args(tiny_llama_dir, data, one, "--batch-size", "8"))
     assert result.returncode == 0, result.stderr
@@ -59,7 +61,12 @@ def test_two_processes_match_one(tiny_llama_dir, data, tmp_path):
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)
-    assert same_weights(one, two, exact=False, atol=1e-5)
+    # Weights: DPO's gradient is a difference of two nearly equal terms (chosen minus rejected), so a
+    # parameter with a near-zero gradient can carry float noise from the different reduction order,
+    # which Adam's normalisation turns into an lr-sized step: a few elements may differ by ~lr * 1e-2.
+    wa, wb = weights(one), weights(two)
+    diffs = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+    assert diffs.max() < 1e-4 and (diffs > 1e-5).float().mean() < 1e-3, (diffs.max(), (diffs > 1e-5).sum())
     # training-log reward metrics are summed over both processes
     logs = [[json.loads(line) for line in (d / "training_log.jsonl").read_text().splitlines()] for d in (one, two)]
     for x, y in zip(*[[r for r in log if "reward_margin" in r] for log in logs], strict=True):

@@ -110,6 +110,7 @@ class DPOTask(Task):
     main_metric = "reward_accuracy"
     greater_is_better = True
     pipeline_tag = "text-generation"
+    peft_task_type = "CAUSAL_LM"
 
     # ---- config -------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> list[str]:
@@ -284,10 +285,11 @@ class DPOTask(Task):
             ctx.state["reference"] = None
         elif o.reference_model:
             ctx.state["reference"] = self.load_reference(ctx, o.reference_model, None)
-        elif is_peft(model):
-            ctx.state["reference"] = "adapters"
         elif o.precompute_reference:
             ctx.state["reference"] = "precompute"
+        elif is_peft(model) or adapters_requested(ctx.cfg):
+            # the runner wraps the model in adapters after build_model: disabling them is the reference
+            ctx.state["reference"] = "adapters"
         else:
             ctx.state["reference"] = freeze(copy.deepcopy(model))
         return model
@@ -631,6 +633,11 @@ def freeze(model: Any) -> Any:
 
 def is_peft(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def adapters_requested(cfg: Any) -> bool:
+    peft = getattr(cfg, "peft", None)
+    return peft is not None and getattr(peft, "method", "none") != "none"
 
 
 # ---------------------------------------------------------------------------------------------
