@@ -19,7 +19,7 @@ Stages (each is a real ``llmtune`` command; ``--reuse`` skips a stage whose outp
    as ``ref_chosen_logps`` / ``ref_rejected_logps`` columns: DPO reward accuracy and margin, and the
    trained policy's implicit preference (``logp_accuracy``), comparable with stage 1.
 
-    python benchmarks/bench_dpo.py [--train-pairs 128] [--held-out 100] [--max-length 128]
+    python benchmarks/bench_dpo.py [--train-pairs 64] [--held-out 100] [--max-length 128] [--full]
 
 Writes a section of BENCHMARKS.md and prints the table.
 """
@@ -95,14 +95,14 @@ def wilson(p: float, n: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--train-pairs", type=int, default=128)
+    ap.add_argument("--train-pairs", type=int, default=64)
     ap.add_argument("--held-out", type=int, default=100)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=None, help="default: 1e-4 with LoRA, 1e-5 full fine-tuning")
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--full", action="store_true", help="full fine-tuning with a frozen reference copy")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/llmtune-bench-dpo"))
@@ -139,6 +139,7 @@ def main() -> int:
 
     # 2. DPO on the training pairs
     lora = has_adapters() and not a.full
+    a.lr = a.lr if a.lr is not None else (1e-4 if lora else 1e-5)
     out = work / ("lora" if lora else "full")
     train_cmd = ["finetune", "--task", "dpo", "--model", str(model), "--dataset", str(work / "train.jsonl")]
     train_cmd += ["-o", str(out), "--overwrite", "--epochs", str(a.epochs), "--lr", str(a.lr)]

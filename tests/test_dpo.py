@@ -380,3 +380,13 @@ def test_prepare_rejects_all_identical(tiny_llama_dir, tmp_path):
     ctx.tokenizer = task.load_tokenizer(ctx)
     with pytest.raises(LlmtuneError, match="no usable preference pair left"):
         task.prepare(ctx, task.load_data(ctx))
+
+
+def test_smoke_recipe_builds_from_config(tmp_path, cli):
+    """The shipped offline recipe: random-init Llama from builtin:tiny_chat_llama, builtin:dpo_demo."""
+    out = tmp_path / "smoke"
+    result = cli("finetune", "--recipe", "dpo-smoke", "--max-steps", "2", "-o", out, "--set", "train.eval_strategy=no")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())["eval"]
+    assert metrics["eval_pairs"] == 56 and 0 <= metrics["eval_reward_accuracy"] <= 1
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
