@@ -19,7 +19,7 @@ Stages (each is a real ``llmtune`` command; ``--reuse`` skips a stage whose outp
    as ``ref_chosen_logps`` / ``ref_rejected_logps`` columns: DPO reward accuracy and margin, and the
    trained policy's implicit preference (``logp_accuracy``), comparable with stage 1.
 
-    python benchmarks/bench_dpo.py [--train-pairs 64] [--held-out 100] [--max-length 128] [--full]
+    python benchmarks/bench_dpo.py [--train-pairs 32] [--held-out 100] [--max-length 128] [--full]
 
 Writes a section of BENCHMARKS.md and prints the table.
 """
@@ -95,7 +95,7 @@ def wilson(p: float, n: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--train-pairs", type=int, default=64)
+    ap.add_argument("--train-pairs", type=int, default=32)
     ap.add_argument("--held-out", type=int, default=100)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -147,9 +147,9 @@ def main() -> int:
     train_cmd += ["--set", "data.validation_split=0", "--set", "train.eval_strategy=no"]
     train_cmd += [
         "--set",
-        "train.warmup_ratio=0.1",
+        "train.warmup_ratio=0",
         "--set",
-        "train.logging_steps=2",
+        "train.logging_steps=1",
         "--set",
         "train.save_total_limit=1",
     ]
