@@ -103,9 +103,16 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     import torch
     import transformers
 
+    from llmtune import adapters
+
+    location = model_location(ctx.model_path)
+    if adapters.is_adapter_folder(location):  # adapters only: the base, then the adapters on top
+        return adapters.load_trained(ctx, auto_class, location, **kwargs)
     cfg = ctx.cfg.model
     cls = getattr(transformers, auto_class)
     extra: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "dtype": torch.float32}
+    quantized = adapters.quantization_kwargs(ctx)  # QLoRA: 4-bit base weights
+    extra.update(quantized)
     if cfg.revision and ctx.training:
         extra["revision"] = cfg.revision
     if cfg.gguf_file and ctx.training:
@@ -114,7 +121,6 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         extra["gguf_file"] = cfg.gguf_file
         # Unpack every weight to float32: trainable, and saved as a plain safetensors model.
         extra["quantization_config"] = GgufConfig(dequantize=True)
-    location = model_location(ctx.model_path)
     if ctx.training and cfg.config_overrides:
         from transformers import AutoConfig
 
@@ -136,7 +142,11 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         return model
     except OSError as exc:
         raise _hub_error("model", ctx.model_path, exc) from exc
-    except ValueError as exc:
+    except (ValueError, RuntimeError, TypeError) as exc:
+        if quantized:
+            raise adapters.quantization_error(ctx, exc) from exc
+        if not isinstance(exc, ValueError):
+            raise
         text = str(exc).strip().splitlines()[0]
         raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {text}") from exc
 

@@ -55,6 +55,7 @@ def finetune(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -64,7 +65,7 @@ def finetune(
         task = "sentiment"
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora,
     )  # fmt: skip
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
@@ -105,6 +106,7 @@ def pretrain(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -124,7 +126,7 @@ def pretrain(
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora,
     )  # fmt: skip
     flags.update(
         {

@@ -56,6 +56,10 @@ class Task:
     seq2seq: bool = False
     #: ``transformers.pipeline`` task name written in the model card
     pipeline_tag: str | None = None
+    #: ``peft.TaskType`` of the model (None: a plain ``PeftModel``), and the names of the head
+    #: modules trained in full with adapters (``peft.modules_to_save`` left unset)
+    peft_task_type: str | None = None
+    head_modules: tuple[str, ...] = ()
 
     # ---- config time (torch-free) -------------------------------------------------------
     def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
