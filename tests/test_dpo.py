@@ -390,3 +390,32 @@ def test_smoke_recipe_builds_from_config(tmp_path, cli):
     metrics = json.loads((out / "metrics.json").read_text())["eval"]
     assert metrics["eval_pairs"] == 56 and 0 <= metrics["eval_reward_accuracy"] <= 1
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+
+
+@pytest.mark.slow
+def test_dpo_with_lora_uses_the_base_with_adapters_disabled_as_reference(tiny_llama_dir, hh_data, tmp_path, cli):
+    from llmtune.config import build_config
+    from llmtune.tasks import get_task
+    from llmtune.tasks.base import RunContext
+    from tests.run_utils import losses
+
+    # no second copy: the reference is the adapted model with its adapters switched off
+    cfg = build_config({"task": "dpo", "model": {"name_or_path": str(tiny_llama_dir)}, "peft": {"method": "lora"}})
+    task = get_task("dpo")
+    ctx = RunContext(cfg=cfg, model_path=str(tiny_llama_dir))
+    ctx.tokenizer = task.load_tokenizer(ctx)
+    task.build_model(ctx)
+    assert ctx.state["reference"] == "adapters"
+
+    out = tmp_path / "lora"
+    sets = ("peft.method=lora", "peft.r=8", "peft.target_modules=[all-linear]", "train.logging_steps=1")
+    result = finetune(cli, tiny_llama_dir, hh_data, out, *sets, "train.eval_strategy=epoch", steps=8)
+    assert "LoRA adapters:" in result.output
+    got = losses(out)
+    assert got[0] == pytest.approx(math.log(2), abs=1e-6)  # zero-initialised adapters: policy == reference
+    assert got[-1] < got[0]
+    metrics = json.loads((out / "metrics.json").read_text())["eval"]
+    assert (out / "adapter").is_dir() and (out / "model.safetensors").is_file()  # merged, adapters kept
+    again = evaluate(cli, out, hh_data / "validation.jsonl", tmp_path / "ev")  # base model as reference
+    for key in ("eval_loss", "eval_reward_accuracy", "eval_reward_margin"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-5), key

@@ -273,6 +273,8 @@ class DPOTask(Task):
     def build_model(self, ctx: RunContext) -> Any:
         import copy
 
+        from llmtune.adapters import enabled as adapters_enabled
+        from llmtune.adapters import is_peft_model
         from llmtune.modeling import model_from_config
 
         m = ctx.cfg.model
@@ -287,7 +289,7 @@ class DPOTask(Task):
             ctx.state["reference"] = self.load_reference(ctx, o.reference_model, None)
         elif o.precompute_reference:
             ctx.state["reference"] = "precompute"
-        elif is_peft(model) or adapters_requested(ctx.cfg):
+        elif is_peft_model(model) or adapters_enabled(ctx.cfg):
             # the runner wraps the model in adapters after build_model: disabling them is the reference
             ctx.state["reference"] = "adapters"
         else:
@@ -629,15 +631,6 @@ def freeze(model: Any) -> Any:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def is_peft(model: Any) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def adapters_requested(cfg: Any) -> bool:
-    peft = getattr(cfg, "peft", None)
-    return peft is not None and getattr(peft, "method", "none") != "none"
 
 
 # ---------------------------------------------------------------------------------------------
