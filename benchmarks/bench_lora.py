@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import bench_sentiment  # noqa: E402
 from _lmbench import run_child, update_benchmarks_md  # noqa: E402
 from bench_sentiment import prepare_data  # noqa: E402
 
@@ -95,8 +96,15 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="only the LoRA selection on a carved validation split")
     ap.add_argument("--tune-lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3])
     ap.add_argument("--tune-epochs", type=float, default=3.0)
+    ap.add_argument(
+        "--data-dir", type=Path, default=None, help="SST-2 folder (train.tsv, dev.tsv); default ../shared/data/sst2"
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if args.data_dir is not None:
+        if not (args.data_dir / "train.tsv").is_file():
+            raise SystemExit(f"--data-dir {args.data_dir} has no train.tsv")
+        bench_sentiment.SHARED = args.data_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

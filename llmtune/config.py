@@ -58,6 +58,9 @@ class ModelArgs:
     # Name of a GGUF file inside ``name_or_path`` (de-quantized on load).
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    # Attention kernel: sdpa | flash_attention_2 | flex_attention | eager; None = sdpa (eager for
+    # the few architectures without it). Refused in one line where the model or machine lacks it.
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -109,19 +112,43 @@ class TrainArgs:
     metric_for_best_model: str | None = None
     early_stopping_patience: int | None = None
     logging_steps: int = 50
-    # fp32 | bf16 | fp16
-    precision: str = "fp32"
+    # auto | fp32 | bf16 | fp16. auto = bf16 mixed precision on GPUs that have it (fp16 on older
+    # CUDA GPUs), fp32 on CPU; TF32 matmuls are switched on on Ampere and newer GPUs.
+    precision: str = "auto"
     gradient_checkpointing: bool = False
+    # torch.compile the model (TrainingArguments.torch_compile); refused in one line where the
+    # platform cannot compile, unless compile_fallback (then the run continues uncompiled).
+    compile: bool = False
+    # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs (None = default).
+    compile_mode: str | None = None
+    compile_fallback: bool = False
+    # Optimizer: auto (fused AdamW, the transformers default: CUDA and CPU kernels), adamw_torch,
+    # adamw_torch_fused, adamw_8bit (bitsandbytes, CUDA only), adafactor, sgd.
+    optim: str = "auto"
+    # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
+    # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
+    liger_kernel: bool = False
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
     group_by_length_batches: int = 4
     dataloader_num_workers: int = 0
+    # Page-locked host batches for faster host-to-GPU copies; None = on when a CUDA GPU is used.
+    dataloader_pin_memory: bool | None = None
+    # Batches each worker prepares ahead (needs dataloader_num_workers > 0; None = torch's 2).
+    dataloader_prefetch_factor: int | None = None
+    # Keep workers alive between epochs/evaluations (needs dataloader_num_workers > 0).
+    dataloader_persistent_workers: bool = False
     overwrite: bool = False
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
     # fresh start when there is none) or a checkpoint folder. Set with --resume.
     resume: str | None = None
-    report_to: str = "none"
+    # Experiment trackers the Trainer logs to (its integrations): tensorboard (event files in
+    # OUTPUT_DIR/runs), wandb, mlflow, trackio, ... when installed; [none] for no tracker.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Terminal display: auto (live progress line on a terminal, plain lines otherwise), plain, or
+    # quiet (--quiet: only the final metrics and errors).
+    progress: str = "auto"
 
 
 @dataclass
@@ -187,6 +214,12 @@ class RunConfig:
         tmp.replace(path)
         return path
 
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
 
 SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
 TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
@@ -399,8 +432,26 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.eval_strategy must be epoch, steps or no, got {t.eval_strategy!r}")
     if t.eval_strategy == "steps" and not t.eval_steps:
         p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        p.append(f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}")
+    if t.precision not in PRECISIONS:
+        p.append(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if cfg.model.attn_implementation is not None and cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        p.append(
+            f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+            f"got {cfg.model.attn_implementation!r}"
+        )
+    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
+        p.append(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
+    if (t.compile_mode is not None or t.compile_fallback) and not t.compile:
+        p.append("train.compile_mode / train.compile_fallback need train.compile=true")
+    if t.optim not in OPTIMIZERS:
+        p.append(f"train.optim must be one of {', '.join(OPTIMIZERS)}, got {t.optim!r}")
+    if t.dataloader_prefetch_factor is not None and t.dataloader_prefetch_factor < 1:
+        p.append(f"train.dataloader_prefetch_factor must be >= 1, got {t.dataloader_prefetch_factor}")
+    if t.dataloader_num_workers == 0 and (t.dataloader_prefetch_factor is not None or t.dataloader_persistent_workers):
+        p.append(
+            "train.dataloader_prefetch_factor / train.dataloader_persistent_workers need worker processes: "
+            "set train.dataloader_num_workers >= 1"
+        )
     if t.learning_rate <= 0:
         p.append(f"train.learning_rate (--lr) must be > 0, got {t.learning_rate}")
     if t.batch_size < 1:
@@ -428,6 +479,12 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:
         p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    from llmtune.progress import PROGRESS_MODES
+
+    if t.progress not in PROGRESS_MODES:
+        p.append(f"train.progress must be {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
         p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
     if t.resume is not None and not str(t.resume).strip():

@@ -116,6 +116,10 @@ Lora = Annotated[
     bool,
     typer.Option("--lora", help="Train LoRA adapters instead of all weights (peft.method=lora; see peft.* keys)."),
 ]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Show only the final metrics and errors (train.progress=quiet)."),
+]
 GgufFile = Annotated[
     Optional[str], typer.Option("--gguf-file", help="GGUF file inside the --model folder (de-quantized on load).")
 ]
@@ -135,6 +139,7 @@ def train_flags(
     resume: str | None = None,
     trust_remote_code: bool = False,
     lora: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Dotted config keys for the training flags (None: flag not given); the dotted key doubles as
     the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
@@ -152,4 +157,5 @@ def train_flags(
         "train.seed": seed,
         "train.overwrite": True if overwrite else None,
         "peft.method": "lora" if lora else None,
+        "train.progress": "quiet" if quiet else None,
     }

@@ -26,6 +26,7 @@ def eval_cmd(
     ] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size.")] = None,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
@@ -53,6 +54,7 @@ def eval_cmd(
         "data.dataset": dataset,
         "train.output_dir": output_dir,
         "train.eval_batch_size": batch_size,
+        "train.progress": "quiet" if quiet else None,
     }.items():
         if value is not None:
             apply_override(tree, key, value)

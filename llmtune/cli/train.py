@@ -56,6 +56,7 @@ def finetune(
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
     lora: c.Lora = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -65,7 +66,7 @@ def finetune(
         task = "sentiment"
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, lora,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
@@ -107,6 +108,7 @@ def pretrain(
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
     lora: c.Lora = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -126,7 +128,7 @@ def pretrain(
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, lora,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     flags.update(
         {

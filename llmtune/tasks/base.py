@@ -127,6 +127,10 @@ class Task:
 
         return DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=None)
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        """The evaluation loop's collator when it must differ from :meth:`collator` (None: the same)."""
+        return None
+
     def compute_metrics(self, ctx: RunContext) -> Any:
         """A ``compute_metrics(EvalPrediction) -> dict`` callable, or None."""
         return None
@@ -143,6 +147,10 @@ class Task:
 
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
         return []
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        """Checks that need the built model with its final attention kernel (e.g. that packed
+        examples stay apart); raise LlmtuneError. Runs before anything is written."""
 
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
@@ -179,6 +187,14 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
     for col in required:
         if col and col not in ds.column_names:
             raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
+    from llmtune.datacache import function_parts, map_fingerprint, run_parts
+
+    # The cache key: what the rows depend on, not the whole run (see llmtune.datacache).
+    fingerprint = map_fingerprint(
+        ds, ctx.tokenizer, (encode.__module__,), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
+    )
+    if fingerprint is not None:
+        kwargs["new_fingerprint"] = fingerprint
     return ds.map(
         encode,
         batched=True,

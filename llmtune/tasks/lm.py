@@ -11,6 +11,10 @@ partial last block of each map batch is kept and padded by the collator.
   is framed like a single sequence (``[CLS] ... [SEP]``), so every block looks like what the
   model sees at fine-tuning time.
 
+clm ``options.packing``: ``blocks`` (the above), or ``documents`` / ``padded``: one document
+per example (split into ``block_size`` pieces), batched padding-free with per-document attention
+(:mod:`llmtune.packing`) or padded.
+
 Evaluation reports perplexity = exp(total NLL / number of predicted tokens) over the whole split,
 summed per row on the device (``preprocess_logits_for_metrics``) and gathered across processes
 by the Trainer, not the mean of per-batch losses that ``eval_loss`` is. MLM eval masks are drawn
@@ -47,8 +51,19 @@ class LMOptions:
     pack_batch_size: int = 1000
 
 
+CLM_PACKING = ("blocks", "documents", "padded")
+
+
 @dataclass
 class ClmOptions(LMOptions):
+    # How documents become training rows:
+    # blocks    - concatenated (EOS between documents) and cut into block_size blocks; attention
+    #             crosses document boundaries (GPT-style pretraining; no padding).
+    # documents - one example per document (split into block_size pieces), batches packed
+    #             padding-free with per-document attention and positions (llmtune.packing).
+    # padded    - one example per document (split the same way), batches padded: the baseline
+    #             "documents" is measured against.
+    packing: str = "blocks"
     # Sliding-window perplexity for evaluation: windows of block_size tokens advancing by
     # `stride`, each token scored once with up to block_size - stride tokens of left context.
     # None = non-overlapping blocks. Materialises the eval split's token ids (bounded).
@@ -193,7 +208,7 @@ class LMTask(Task):
             packed = pack_dataset(
                 ds, ctx.tokenizer, self.objective, block_size, text_col, cfg.options.pack_batch_size,
                 whole_words=getattr(cfg.options, "whole_word_masking", False), num_proc=cfg.data.num_proc,
-                desc=f"tokenizing and packing {split}",
+                desc=f"tokenizing and packing {split}", layout=getattr(cfg.options, "packing", "blocks"),
             )  # fmt: skip
             if split == "train":
                 if is_streaming(packed):
@@ -294,13 +309,43 @@ class CausalLMTask(LMTask):
     metric_names = ("loss", "perplexity", "tokens")
 
     def validate_options(self, o: Any) -> list[str]:
+        if o.packing not in CLM_PACKING:
+            return [f"options.packing must be one of {', '.join(CLM_PACKING)}, got {o.packing!r}"]
         if o.stride is None:
             return []
         if o.stride < 1:
             return [f"options.stride must be >= 1, got {o.stride}"]
         if o.block_size is not None and o.stride > o.block_size:
             return [f"options.stride ({o.stride}) must not exceed options.block_size ({o.block_size})"]
+        if o.packing != "blocks":
+            return [f"options.stride (sliding-window eval) needs options.packing=blocks, got {o.packing}"]
         return []
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        if ctx.cfg.options.packing == "documents":
+            from llmtune.packing import check_model_takes_positions, probe_document_attention
+
+            check_model_takes_positions(model, "options.packing=documents")
+            probe_document_attention(model, "options.packing=documents")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing == "documents" and multi_process():
+            return super().collator(ctx)  # padded rows of the same documents
+        return None
+
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing != "documents":
+            return super().collator(ctx)
+        from llmtune.packing import PaddingFreeCollator, layout_for
+
+        tok = ctx.tokenizer
+        return PaddingFreeCollator(
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            row_length=ctx.cfg.options.block_size,
+            layout=layout_for(ctx.cfg.model.attn_implementation),
+        )
 
     def check_tokenizer(self, tokenizer: Any, where: str | None) -> None:
         if tokenizer.eos_token_id is None:
@@ -406,10 +451,18 @@ def pack_dataset(
     whole_words: bool = False,
     num_proc: int | None = None,
     desc: str | None = None,
+    layout: str = "blocks",
 ) -> Any:
     """Tokenize ``text_column`` and pack it into blocks (columns: input_ids, special_tokens_mask
-    [, word_starts]). Works on ``Dataset`` (cached) and ``IterableDataset`` (lazy) alike."""
+    [, word_starts]). Works on ``Dataset`` (cached) and ``IterableDataset`` (lazy) alike.
+
+    ``layout`` (clm only): ``blocks`` concatenates documents into full blocks; ``documents`` and
+    ``padded`` keep one document per row, split into pieces of at most ``block_size`` tokens
+    (the collator then packs or pads them)."""
     from llmtune.data import column_names
+
+    if layout != "blocks" and objective != "clm":
+        raise ValueError("per-document layouts are for clm")
 
     eos = tokenizer.eos_token_id
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else eos
@@ -439,6 +492,12 @@ def pack_dataset(
                     starts.append(1 if w is None or w != prev else 0)
                     prev = w
                 starts.extend([1] * len(tail))
+        if layout != "blocks":
+            docs = []
+            for ids in enc["input_ids"]:
+                ids = ids if ids and ids[-1] == eos else [*ids, eos]
+                docs.extend(p for p in (ids[b : b + content] for b in range(0, len(ids), content)) if len(p) >= 2)
+            return {"input_ids": docs, "special_tokens_mask": [[int(t in special_ids) for t in d] for d in docs]}
         blocks, block_starts = [], []
         for begin in range(0, len(stream), content):
             chunk = stream[begin : begin + content]
@@ -457,6 +516,15 @@ def pack_dataset(
             out["word_starts"] = block_starts
         return out
 
+    from llmtune.datacache import map_fingerprint
+
+    extra = {}
+    fingerprint = map_fingerprint(
+        ds, tokenizer, (__name__,), objective=objective, block_size=block_size, text_column=text_column,
+        batch_size=batch_size, whole_words=whole_words, layout=layout,
+    )  # fmt: skip
+    if fingerprint is not None:  # a Dataset: cached by what the blocks depend on (llmtune.datacache)
+        extra["new_fingerprint"] = fingerprint
     return _map(
         ds,
         pack,
@@ -465,6 +533,7 @@ def pack_dataset(
         remove_columns=column_names(ds),
         num_proc=num_proc,
         desc=desc,
+        **extra,
     )
 
 

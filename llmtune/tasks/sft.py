@@ -14,10 +14,11 @@ are tokenized one by one without special tokens (as ``apply_chat_template`` does
 prompt's tokens are exactly what inference feeds the model. An EOS is appended to each
 assistant turn that lacks one, so the model learns to stop.
 
-``options.packing``: padding-free batches via ``DataCollatorWithFlattening`` (a batch is one
-row; ``position_ids`` restart at 0 for each example). transformers' masking utilities turn
-restarting position ids into a block-diagonal causal mask (eager/sdpa, used when no attention
-mask is passed) and FlashAttention reads them directly, so examples never attend to each other.
+``options.packing``: padding-free batches (:mod:`llmtune.packing`): each batch's examples are
+laid end to end in a few rows, ``position_ids`` restart at 0 for each example and attention
+stays within an example (block-diagonal on sdpa/eager/flex, varlen on FlashAttention-2), so the
+loss equals that of padded batches of the same examples, for less compute. Used for the eval
+loop too.
 
 LoRA/DoRA/IA3 and QLoRA: the shared ``peft:`` section (:mod:`llmtune.adapters`), as for every task.
 
@@ -91,6 +92,11 @@ class SFTTask(Task):
     pipeline_tag = "text-generation"
 
     # ---- config -------------------------------------------------------------------------------
+    def apply_defaults(self, cfg: Any, tree: dict) -> None:
+        # Packed batches have no padding to save: length grouping would only make them less random.
+        if cfg.options.packing and "group_by_length" not in (tree.get("train") or {}):
+            cfg.train.group_by_length = False
+
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
 
@@ -209,22 +215,41 @@ class SFTTask(Task):
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         if ctx.cfg.options.packing:
-            import inspect
+            from llmtune.packing import check_model_takes_positions
 
-            if "position_ids" not in inspect.signature(model.forward).parameters:
-                raise LlmtuneError(
-                    f"options.packing needs a model that takes position_ids; {type(model).__name__} does not: "
-                    f"set options.packing=false"
-                )
+            check_model_takes_positions(model, "options.packing")
         return model
 
-    def collator(self, ctx: RunContext) -> Any:
+    def check_model(self, ctx: RunContext, model: Any) -> None:
         if ctx.cfg.options.packing:
-            return PackedCollator()
+            from llmtune.packing import probe_document_attention
+
+            probe_document_attention(model, "options.packing")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing and multi_process():
+            return self.padded_collator(ctx)
+        return None
+
+    def padded_collator(self, ctx: RunContext) -> Any:
         from transformers import DataCollatorForSeq2Seq
 
         # Pads input_ids/attention_mask with the pad token and labels with -100 (decoder-only is fine).
         return DataCollatorForSeq2Seq(ctx.tokenizer, label_pad_token_id=-100, padding=True)
+
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing:
+            from llmtune.packing import PaddingFreeCollator, layout_for
+
+            tok = ctx.tokenizer
+            return PaddingFreeCollator(
+                pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                row_length=ctx.cfg.data.max_length,
+                layout=layout_for(ctx.cfg.model.attn_implementation),
+            )
+        return self.padded_collator(ctx)
 
     # ---- evaluation ---------------------------------------------------------------------------
     def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
@@ -297,31 +322,6 @@ class SFTTask(Task):
     def headline(self, metrics: dict) -> dict:
         keep = ("loss", "perplexity", "tokens")
         return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
-
-
-# ---------------------------------------------------------------------------------------------
-# packing
-
-
-class PackedCollator:
-    """``DataCollatorWithFlattening`` (one row per batch, ``position_ids`` restarting at 0 for each
-    example, label -100 at each example start) that also passes ``use_cache=False``.
-
-    transformers derives the block-diagonal mask from restarting position ids only when no
-    attention mask and no KV cache are given; a model whose config has ``use_cache=True`` would
-    otherwise build a cache in forward and silently let examples attend to each other. (The
-    Trainer sets ``use_cache=False`` too; this keeps the collator correct on its own.)
-    """
-
-    def __init__(self) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.flatten(features)
-        batch["use_cache"] = False
-        return batch
 
 
 # ---------------------------------------------------------------------------------------------
