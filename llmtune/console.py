@@ -49,5 +49,9 @@ def quiet_libraries(debug: bool) -> None:
         # kernels are missing: not the user's concern (QLoRA itself is refused on CPU).
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         datasets.disable_progress_bars()
+        import logging
+
+        # bitsandbytes (pulled in by GGUF / quantized loading) warns about optional CPU kernels.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

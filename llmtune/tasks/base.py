@@ -74,8 +74,8 @@ class Task:
         """``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``add_prefix_space=True``)."""
         from llmtune.modeling import load_tokenizer
 
-        spec = ctx.cfg.model.tokenizer if ctx.training and ctx.cfg.model.tokenizer else ctx.model_path
-        tokenizer = load_tokenizer(spec, ctx.cfg.model if ctx.training else None, **kwargs)
+        spec = ctx.cfg.model.tokenizer or ctx.model_path
+        tokenizer = load_tokenizer(spec, ctx.cfg.model, **kwargs)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without one
         return tokenizer
@@ -136,6 +136,17 @@ class Task:
         return None
 
     def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
+        return None
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        """Optional ``step(model, inputs) -> (loss, predictions, labels)`` replacing the Trainer's
+        forward during eval/predict (under no_grad): it returns only what the metrics and
+        exports need per batch (e.g. per-row loss sums, n-best spans) so evaluation never holds
+        a split's logits. ``labels`` must not be None when ``compute_metrics`` should run."""
+        return None
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        """One line saying how ``llmtune eval`` scores (printed and saved in metrics.json)."""
         return None
 
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:

@@ -74,8 +74,9 @@ class SFTOptions:
     chat_template: str | None = None
     # Padding-free packing of each batch (no cross-example attention; see the module doc).
     packing: bool = False
-    # Validation prompts whose greedy generations are exported, and their length limit.
-    num_samples: int = 16
+    # Validation prompts whose greedy generations are exported (predictions.jsonl), and their
+    # length limit. None = 16 on a GPU, 0 on CPU, where generating dominates evaluation time.
+    num_samples: int | None = None
     max_new_tokens: int = 128
 
 
@@ -101,7 +102,7 @@ class SFTTask(Task):
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
-        if o.num_samples < 0:
+        if o.num_samples is not None and o.num_samples < 0:
             p.append(f"options.num_samples must be >= 0, got {o.num_samples}")
         if o.max_new_tokens < 1:
             p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
@@ -252,11 +253,23 @@ class SFTTask(Task):
         return self.padded_collator(ctx)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.tasks.lm import row_nll_and_count
+    def training_args(self, ctx: RunContext) -> dict:
+        from llmtune.modeling import tokenizer_max_length
+        from llmtune.tasks.lm import lm_eval_batch_args
+
+        # Packed or padded, an eval batch holds at most batch x max_length tokens.
+        return lm_eval_batch_args(ctx, min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer)))
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        from llmtune.tasks.lm import lm_eval_step
 
         # Two numbers per row ([summed NLL, tokens]) instead of [B, L, vocab] logits.
-        return lambda logits, labels: row_nll_and_count(logits, labels, shift=True)
+        return lm_eval_step(shift=True)
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        if ctx.cfg.options.num_samples is None and num_samples(ctx) == 0:
+            return "no generated answers on CPU (slow): set options.num_samples=N to export N greedy answers"
+        return None
 
     def compute_metrics(self, ctx: RunContext) -> Any:
         from llmtune.tasks.lm import perplexity, total_loss
@@ -273,7 +286,7 @@ class SFTTask(Task):
         metrics = dict(output.metrics)
         if "eval_token_loss" in metrics:  # token-weighted, over the answer tokens
             metrics["eval_loss"] = metrics.pop("eval_token_loss")
-        n = ctx.cfg.options.num_samples
+        n = num_samples(ctx)
         if n == 0 or not trainer.is_world_process_zero():
             return metrics, []
         rows = list(itertools.islice(iter(raw_split), n))
@@ -322,6 +335,16 @@ class SFTTask(Task):
     def headline(self, metrics: dict) -> dict:
         keep = ("loss", "perplexity", "tokens")
         return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+
+
+def num_samples(ctx: RunContext) -> int:
+    """Generated answers to export: options.num_samples, else 16 on a GPU and none on CPU."""
+    chosen = ctx.cfg.options.num_samples
+    if chosen is not None:
+        return chosen
+    import torch
+
+    return 16 if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------------------------------------
