@@ -56,6 +56,10 @@ class Task:
     seq2seq: bool = False
     #: ``transformers.pipeline`` task name written in the model card
     pipeline_tag: str | None = None
+    #: ``peft.TaskType`` of the model (None: a plain ``PeftModel``), and the names of the head
+    #: modules trained in full with adapters (``peft.modules_to_save`` left unset)
+    peft_task_type: str | None = None
+    head_modules: tuple[str, ...] = ()
 
     # ---- config time (torch-free) -------------------------------------------------------
     def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
@@ -90,6 +94,13 @@ class Task:
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         return model
+
+    def trainer_class(self, ctx: RunContext, base: type) -> type:
+        """The Trainer class this task runs: ``base`` (llmtune's Trainer subclass, see
+        :func:`llmtune.trainer.llmtune_trainer`) or a subclass of it that computes the loss and
+        evaluation outputs differently (e.g. preference tuning). Checkpoints, samplers and
+        resume come from ``base``, so a subclass keeps them."""
+        return base
 
     def training_args(self, ctx: RunContext) -> dict:
         """Extra ``TrainingArguments`` this task needs (e.g. generation settings)."""
