@@ -108,7 +108,7 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     extra: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "dtype": torch.float32}
     if cfg.revision and ctx.training:
         extra["revision"] = cfg.revision
-    if cfg.gguf_file and ctx.training:
+    if cfg.gguf_file:
         from transformers import GgufConfig
 
         extra["gguf_file"] = cfg.gguf_file
@@ -131,7 +131,7 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     extra.update(kwargs)
     try:
         model = cls.from_pretrained(location, **extra)
-        if cfg.gguf_file and ctx.training:
+        if cfg.gguf_file:
             drop_gguf_quantizer(model)
         return model
     except OSError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from llmtune.cli import evaluate, recipes, train  # noqa: F401  (register their commands)
+from llmtune.cli import evaluate, generate, predict, recipes, serve, train  # noqa: F401  (register their commands)
 from llmtune.cli._common import enable_debug, fail, handle_errors
 from llmtune.cli.app import app
 
