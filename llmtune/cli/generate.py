@@ -32,6 +32,8 @@ def _stream(ctx: Any, prompt: str, settings: Any, templated: bool) -> tuple[str,
     reply = ""
     try:
         for piece in stream:
+            if not reply:
+                piece = piece.lstrip()  # the answer starts at its first visible character
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()

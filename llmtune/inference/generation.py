@@ -84,9 +84,6 @@ class GenerationSettings:
         if not model.config.is_encoder_decoder:
             kw["eos_token_id"] = stop_token_ids(tokenizer, model)
             kw["num_beams"] = 1
-        if self.stop:
-            kw["stop_strings"] = list(self.stop)
-            kw["tokenizer"] = tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         kw["pad_token_id"] = pad
         return kw
@@ -237,8 +234,10 @@ def generate_texts(
                 max_length=max_input_tokens,
             ).to(device)
             enc.pop("token_type_ids", None)
+            prompt_length = 1 if encoder_decoder else enc["input_ids"].shape[1]
+            criteria = stopping_criteria(tokenizer, settings, prompt_length)
             with torch.inference_mode():
-                out = model.generate(**enc, **kwargs, use_cache=True)
+                out = model.generate(**enc, **kwargs, stopping_criteria=criteria, use_cache=True)
             new = out[:, 1:] if encoder_decoder else out[:, enc["input_ids"].shape[1] :]
             prompt_counts = enc["attention_mask"].sum(-1).tolist()
             for j, i in enumerate(indices):
@@ -260,6 +259,34 @@ def generate_texts(
 
 # ---------------------------------------------------------------------------------------------
 # streaming
+
+
+class StopOnStrings:
+    """A ``StoppingCriteria``: a row is done once its *generated* text holds a stop string.
+
+    transformers' own ``stop_strings`` also match across the end of the prompt (a prompt ending
+    in "e" stops at once on the stop string "ee"); OpenAI's ``stop`` and ours look at the answer only.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int):
+        self.tokenizer, self.stops, self.prompt_length = tokenizer, list(stops), prompt_length
+        # enough trailing tokens to hold the longest stop string (a token is at least one character)
+        self.window = max(len(s) for s in self.stops) + 2
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_length :]
+        tails = self.tokenizer.batch_decode(new[:, -self.window :], skip_special_tokens=True)
+        done = [any(s in tail for s in self.stops) for tail in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def stopping_criteria(tokenizer: Any, settings: GenerationSettings, prompt_length: int, extra: Any = None) -> Any:
+    from transformers import StoppingCriteriaList
+
+    criteria = [StopOnStrings(tokenizer, settings.stop, prompt_length)] if settings.stop else []
+    return StoppingCriteriaList([*criteria, *([extra] if extra is not None else [])])
 
 
 class _Cancelled:
@@ -289,7 +316,7 @@ class TextStream:
         add_special_tokens: bool = False,
         max_input_tokens: int | None = None,
     ):
-        from transformers import StoppingCriteriaList, TextIteratorStreamer, set_seed
+        from transformers import TextIteratorStreamer, set_seed
 
         self.cancelled = threading.Event()
         self.finish_reason = "stop"
@@ -312,7 +339,7 @@ class TextStream:
         self.prompt_tokens = int(enc["input_ids"].shape[1])
         self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = settings.generate_kwargs(model, tokenizer)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(self.cancelled)])
+        kwargs["stopping_criteria"] = stopping_criteria(tokenizer, settings, self.prompt_tokens, _Cancelled(self.cancelled))
         self._stops = set(stop_token_ids(tokenizer, model))
         self._error: BaseException | None = None
         self._output: Any = None
