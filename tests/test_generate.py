@@ -37,7 +37,18 @@ def test_stop_strings_cut_the_output(cli, tiny_llama_dir):
 
 
 def test_sampling_is_seeded(cli, tiny_llama_dir):
-    args = ["generate", "-m", tiny_llama_dir, "hello", "--max-new-tokens", "12", "--temperature", "1.5", "--top-k", "50"]
+    args = [
+        "generate",
+        "-m",
+        tiny_llama_dir,
+        "hello",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "50",
+    ]
     a, b = body(cli(*args, "--seed", "1")), body(cli(*args, "--seed", "1"))
     assert a == b
     others = {body(cli(*args, "--seed", str(s))) for s in (2, 3, 4)}
@@ -68,7 +79,9 @@ def test_generate_refuses_non_generative_models(cli, tmp_path, tiny_wordpiece_di
 
 def test_chat_keeps_the_conversation_and_resets(cli, cli_input, tiny_llama_dir):
     sampling = ["--max-new-tokens", "8", "--temperature", "1.5", "--top-k", "50", "--seed", "7"]
-    result = cli_input(["chat", "-m", tiny_llama_dir, *sampling], "translate a cat\nand the dog\n/reset\nand the dog\n/exit\n")
+    result = cli_input(
+        ["chat", "-m", tiny_llama_dir, *sampling], "translate a cat\nand the dog\n/reset\nand the dog\n/exit\n"
+    )
     assert result.exit_code == 0, result.output
     first = body(cli("generate", "-m", tiny_llama_dir, "translate a cat", *sampling))
     fresh = body(cli("generate", "-m", tiny_llama_dir, "and the dog", *sampling))
@@ -97,7 +110,9 @@ def test_unmerged_lora_folder_generates_like_the_merged_model(cli, tiny_llama_di
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapters = tmp_path / "adapters"
     peft_model.save_pretrained(adapters)  # adapter_config.json names the base folder
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):

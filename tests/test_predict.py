@@ -125,7 +125,9 @@ def test_multilabel_threshold_and_regression(cli, tiny_wordpiece_dir, tmp_path):
     data.write_text("the movie was good\nbad service\n", encoding="utf-8")
     probs = expected_scores(multi, ["the movie was good", "bad service"], "sigmoid")
     for threshold in (0.3, 0.5, 0.7):
-        got = records(cli("predict", "-m", multi, "--task", "text-classification", "-i", data, "--threshold", threshold))
+        got = records(
+            cli("predict", "-m", multi, "--task", "text-classification", "-i", data, "--threshold", threshold)
+        )
         for rec, p in zip(got, probs, strict=True):
             assert rec["labels"] == [n for n, v in zip("abc", p.tolist(), strict=True) if v >= threshold]
     reg = bert_head(tiny_wordpiece_dir, tmp_path / "reg", "AutoModelForSequenceClassification", num_labels=1)
@@ -197,7 +199,11 @@ def greedy_reference(model_dir: Path, prompt: str, max_new_tokens: int, chat: bo
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True) if chat else prompt
+    text = (
+        tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        if chat
+        else prompt
+    )
     enc = tok(text, return_tensors="pt", add_special_tokens=not chat)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
@@ -229,7 +235,9 @@ def test_seq2seq_predict_generates(cli, tiny_t5_dir, tmp_path):
 def test_bad_inputs_one_line(cli, sentiment_model, tiny_wordpiece_dir, tmp_path):
     one_line_error(cli("predict", "-m", sentiment_model), "--input")
     data = write_csv(tmp_path / "x.csv", [{"review_body": "good", "stars": 1}])
-    one_line_error(cli("predict", "-m", sentiment_model, "-i", data), "no text column", "review_body", "data.text_column")
+    one_line_error(
+        cli("predict", "-m", sentiment_model, "-i", data), "no text column", "review_body", "data.text_column"
+    )
     ok = records(cli("predict", "-m", sentiment_model, "-i", data, "--set", "data.text_column=review_body"))
     assert ok[0]["text"] == "good"
     bad = tmp_path / "bad.txt"

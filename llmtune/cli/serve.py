@@ -96,7 +96,16 @@ def serve(
     if defaults.max_new_tokens > max_tokens_limit:
         c.fail(f"--max-new-tokens {defaults.max_new_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
     check_port(host, port)  # before the (slow) model load
-    ctx = load_for_inference(model, task, sets, gguf_file, trust_remote_code, debug=c.debug_enabled())
+    ctx = load_for_inference(
+        model,
+        task,
+        sets,
+        gguf_file,
+        trust_remote_code,
+        generative=True,
+        require_generative=False,
+        debug=c.debug_enabled(),
+    )
     name = served_name or Path(ctx.model_path).name or model
     opts = ServeOptions(
         model_name=name,

@@ -339,7 +339,9 @@ class TextStream:
         self.prompt_tokens = int(enc["input_ids"].shape[1])
         self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = settings.generate_kwargs(model, tokenizer)
-        kwargs["stopping_criteria"] = stopping_criteria(tokenizer, settings, self.prompt_tokens, _Cancelled(self.cancelled))
+        kwargs["stopping_criteria"] = stopping_criteria(
+            tokenizer, settings, self.prompt_tokens, _Cancelled(self.cancelled)
+        )
         self._stops = set(stop_token_ids(tokenizer, model))
         self._error: BaseException | None = None
         self._output: Any = None

@@ -62,7 +62,10 @@ def inference_config(
     trust_remote_code: bool = False,
     generative: bool = False,
 ) -> tuple[Any, str]:
-    """The run config for inference with ``model``, and the model's location."""
+    """The run config for inference with ``model``, and the model's location.
+
+    ``generative``: a model without llmtune_config.yaml and without ``--task`` is a causal LM
+    (otherwise ``--task`` is required)."""
     from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides
     from llmtune.modeling import model_location
 
@@ -101,9 +104,13 @@ def load_for_inference(
     trust_remote_code: bool = False,
     generative: bool = False,
     debug: bool = False,
+    require_generative: bool | None = None,
 ) -> Any:
     """A ready :class:`~llmtune.tasks.base.RunContext` (``training=False``): tokenizer, model in
-    eval mode on the GPU when there is one, ``ctx.state["task"]`` the task object."""
+    eval mode on the GPU when there is one, ``ctx.state["task"]`` the task object.
+
+    ``generative``: default to a causal LM when the task is unknown; ``require_generative``
+    (default: the same) refuses models of other tasks."""
     from llmtune.console import quiet_libraries
     from llmtune.modeling import prepare_hub_access
     from llmtune.tasks import get_task
@@ -111,7 +118,7 @@ def load_for_inference(
 
     cfg, path = inference_config(model, task, sets, gguf_file, trust_remote_code, generative)
     task_obj = get_task(cfg.task)
-    if generative and not task_obj.generative:
+    if (generative if require_generative is None else require_generative) and not task_obj.generative:
         raise LlmtuneError(
             f"{model} is a {task_obj.name} model, not a text generator: use `llmtune predict` "
             f"(generate, chat and serve's completions need a causal LM: sft or clm)"

@@ -12,8 +12,8 @@ model's buffers are not shared safely between threads. A batch of prompts in one
 request is generated as batches.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the route parameters' annotations at
+# run time to tell a request body from a query parameter.
 import json
 import secrets
 import threading
@@ -21,7 +21,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmtune.errors import LlmtuneError
 from llmtune.inference.generation import GenerationSettings
@@ -63,14 +69,6 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 def create_app(ctx: Any, opts: ServeOptions) -> Any:
     """The FastAPI app serving ``ctx`` (a loaded :class:`~llmtune.tasks.base.RunContext`)."""
-    from typing import Union
-
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from pydantic import BaseModel, ConfigDict
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     from llmtune.inference.generation import (
         TextStream,
         chat_prompt,
