@@ -26,11 +26,11 @@ def _stream(ctx: Any, prompt: str, settings: Any, templated: bool) -> tuple[str,
     from llmtune.inference.generation import TextStream, max_prompt_tokens
 
     limit = max_prompt_tokens(ctx.model, ctx.tokenizer, settings.max_new_tokens)
-    stream = TextStream(
-        ctx.model, ctx.tokenizer, prompt, settings, add_special_tokens=not templated, max_input_tokens=limit
-    )
-    reply = ""
-    try:
+    reply, stream = "", None
+    try:  # Ctrl-C may come before the first token too
+        stream = TextStream(
+            ctx.model, ctx.tokenizer, prompt, settings, add_special_tokens=not templated, max_input_tokens=limit
+        )
         for piece in stream:
             if not reply:
                 piece = piece.lstrip()  # the answer starts at its first visible character
@@ -38,9 +38,10 @@ def _stream(ctx: Any, prompt: str, settings: Any, templated: bool) -> tuple[str,
             sys.stdout.write(piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
-        stream.close()
+        if stream is not None:
+            stream.close()
+            stream.finish_reason = "interrupted"
         sys.stdout.write(" [stopped]")
-        stream.finish_reason = "interrupted"
     sys.stdout.write("\n")
     sys.stdout.flush()
     return reply, stream
@@ -84,7 +85,8 @@ def generate(
             typer.echo("note: --system needs a chat template; this is a plain continuation, so it is ignored", err=True)
         text = prompt
     _, stream = _stream(ctx, text, settings, templated)
-    typer.echo(f"[{stream.new_tokens} tokens, finish: {stream.finish_reason}]", err=True)
+    if stream is not None:
+        typer.echo(f"[{stream.new_tokens} tokens, finish: {stream.finish_reason}]", err=True)
 
 
 @app.command()
