@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._lmbench import ROOT, update_benchmarks_md  # noqa: E402
+from benchmarks._lmbench import ROOT, update_benchmarks_md
 
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
 SAMSUM = ROOT.parent / "shared" / "data" / "samsum" / "validation.jsonl"
@@ -36,7 +36,7 @@ def sentences(path: Path, n: int) -> tuple[list[str], str]:
         lines = path.read_text(encoding="utf-8").splitlines()[1:]
         return [ln.split("\t")[0] for ln in lines][:n], f"SST-2 dev ({path})"
     rng = random.Random(0)
-    words = "the a film movie was really quite good bad great boring plot actors story long short".split()
+    words = ["the", "a", "film", "movie", "was", "really", "quite", "good", "bad", "great", "boring", "plot", "actors", "story", "long", "short"]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 40))) for _ in range(n)], "synthetic sentences"
 
 

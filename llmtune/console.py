@@ -44,6 +44,10 @@ def quiet_libraries(debug: bool) -> None:
         # in one line (with the file's line number) instead.
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         datasets.disable_progress_bars()
+        import logging
+
+        # bitsandbytes (pulled in by GGUF / quantized loading) warns about optional CPU kernels.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
         # bitsandbytes (the quant extra), imported lazily by transformers, reports missing optional
         # CPU kernels and re-registered torch ops on every import: noise for anyone not quantizing.

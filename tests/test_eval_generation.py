@@ -21,7 +21,9 @@ def test_exact_match_and_score_selection():
 def test_bad_generation_options_are_config_errors(cli, tiny_llama_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "hi", "response": "ho"}) + "\n", encoding="utf-8")
-    result = cli("eval", "-m", tiny_llama_dir, "--task", "sft", "-d", data, "--set", "options.eval_generation_metrics=[rougeZ]")
+    result = cli(
+        "eval", "-m", tiny_llama_dir, "--task", "sft", "-d", data, "--set", "options.eval_generation_metrics=[rougeZ]"
+    )
     assert result.exit_code == 2 and "rougeZ" in result.stderr and "exact_match" in result.stderr
     result = cli("eval", "-m", tiny_llama_dir, "--task", "sft", "-d", data, "--set", "options.eval_generation_rows=-2")
     assert result.exit_code == 2 and "options.eval_generation_rows" in result.stderr
@@ -50,8 +52,22 @@ def test_sft_eval_scores_generated_answers(cli, tiny_llama_dir, tmp_path):
     assert metrics["eval_gen_exact_match"] == pytest.approx(exact_match(p, r))
     assert metrics["eval_gen_new_tokens"] > 0 and metrics["eval_gen_tokens_per_second"] > 0
     assert "eval_gen_rougeL" in result.stdout  # in the printed table
-    off = cli("eval", "-m", tiny_llama_dir, "--task", "sft", "-d", data, "-o", tmp_path / "off", "--set", "options.num_samples=0")
-    assert off.exit_code == 0 and not any(k.startswith("eval_gen") for k in json.loads((tmp_path / "off" / "metrics.json").read_text())["eval"])
+    off = cli(
+        "eval",
+        "-m",
+        tiny_llama_dir,
+        "--task",
+        "sft",
+        "-d",
+        data,
+        "-o",
+        tmp_path / "off",
+        "--set",
+        "options.num_samples=0",
+    )
+    assert off.exit_code == 0 and not any(
+        k.startswith("eval_gen") for k in json.loads((tmp_path / "off" / "metrics.json").read_text())["eval"]
+    )
 
 
 def test_clm_eval_scores_continuations_when_rows_have_prompt_and_reference(cli, tiny_gpt2_dir, tmp_path):
@@ -66,7 +82,9 @@ def test_clm_eval_scores_continuations_when_rows_have_prompt_and_reference(cli, 
     assert metrics["eval_gen_rows"] == 3 and "eval_gen_chrf" in metrics and "eval_perplexity" in metrics
     preds = read(out / "predictions.jsonl")
     assert [x["input"] for x in preds] == ["the film was"] * 3
-    assert metrics["eval_gen_exact_match"] == pytest.approx(exact_match([x["prediction"] for x in preds], ["good", "bad", "dull"]))
+    assert metrics["eval_gen_exact_match"] == pytest.approx(
+        exact_match([x["prediction"] for x in preds], ["good", "bad", "dull"])
+    )
     plain = tmp_path / "plain.txt"
     plain.write_text("the film was good .\nthe book was bad .\n", encoding="utf-8")
     missing = cli("eval", "-m", tiny_gpt2_dir, "--task", "clm", "-d", plain, "--set", "options.eval_generation_rows=2")

@@ -149,7 +149,8 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama_dir, chat_tok, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmtune.tasks.sft import PackedCollator, encode_conversation
+    from llmtune.packing import PaddingFreeCollator
+    from llmtune.tasks.sft import encode_conversation
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attn).eval()
     examples = []
@@ -165,7 +166,7 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama_dir, chat_tok, 
 
     with torch.no_grad():
         alone = [nll_sum(model(torch.tensor([e["input_ids"]])).logits[0], torch.tensor(e["labels"])) for e in examples]
-        batch = PackedCollator()(examples)
+        batch = PaddingFreeCollator(pad_id=0, row_length=256, layout="flat")(examples)
         assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
         packed_logits = model(**batch).logits[0]
         # the same row without restarting positions: plain causal attention across examples

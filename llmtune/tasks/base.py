@@ -72,7 +72,7 @@ class Task:
         """``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``add_prefix_space=True``)."""
         from llmtune.modeling import load_tokenizer
 
-        spec = ctx.cfg.model.tokenizer if ctx.training and ctx.cfg.model.tokenizer else ctx.model_path
+        spec = ctx.cfg.model.tokenizer or ctx.model_path
         tokenizer = load_tokenizer(spec, ctx.cfg.model, **kwargs)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without one
@@ -118,11 +118,26 @@ class Task:
 
         return DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=None)
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        """The evaluation loop's collator when it must differ from :meth:`collator` (None: the same)."""
+        return None
+
     def compute_metrics(self, ctx: RunContext) -> Any:
         """A ``compute_metrics(EvalPrediction) -> dict`` callable, or None."""
         return None
 
     def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
+        return None
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        """Optional ``step(model, inputs) -> (loss, predictions, labels)`` replacing the Trainer's
+        forward during eval/predict (under no_grad): it returns only what the metrics and
+        exports need per batch (e.g. per-row loss sums, n-best spans) so evaluation never holds
+        a split's logits. ``labels`` must not be None when ``compute_metrics`` should run."""
+        return None
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        """One line saying how ``llmtune eval`` scores (printed and saved in metrics.json)."""
         return None
 
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
@@ -134,6 +149,10 @@ class Task:
 
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
         return []
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        """Checks that need the built model with its final attention kernel (e.g. that packed
+        examples stay apart); raise LlmtuneError. Runs before anything is written."""
 
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
@@ -189,6 +208,14 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
     for col in required:
         if col and col not in ds.column_names:
             raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
+    from llmtune.datacache import function_parts, map_fingerprint, run_parts
+
+    # The cache key: what the rows depend on, not the whole run (see llmtune.datacache).
+    fingerprint = map_fingerprint(
+        ds, ctx.tokenizer, (encode.__module__,), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
+    )
+    if fingerprint is not None:
+        kwargs["new_fingerprint"] = fingerprint
     return ds.map(
         encode,
         batched=True,

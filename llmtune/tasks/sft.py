@@ -14,10 +14,11 @@ are tokenized one by one without special tokens (as ``apply_chat_template`` does
 prompt's tokens are exactly what inference feeds the model. An EOS is appended to each
 assistant turn that lacks one, so the model learns to stop.
 
-``options.packing``: padding-free batches via ``DataCollatorWithFlattening`` (a batch is one
-row; ``position_ids`` restart at 0 for each example). transformers' masking utilities turn
-restarting position ids into a block-diagonal causal mask (eager/sdpa, used when no attention
-mask is passed) and FlashAttention reads them directly, so examples never attend to each other.
+``options.packing``: padding-free batches (:mod:`llmtune.packing`): each batch's examples are
+laid end to end in a few rows, ``position_ids`` restart at 0 for each example and attention
+stays within an example (block-diagonal on sdpa/eager/flex, varlen on FlashAttention-2), so the
+loss equals that of padded batches of the same examples, for less compute. Used for the eval
+loop too.
 
 ``options.lora``: LoRA adapters via ``peft``; merged into the base weights when saving
 (``options.merge_lora``, default) with the adapters also kept in ``adapter/``, or saved as
@@ -75,8 +76,9 @@ class SFTOptions:
     chat_template: str | None = None
     # Padding-free packing of each batch (no cross-example attention; see the module doc).
     packing: bool = False
-    # Validation prompts whose greedy generations are exported, and their length limit.
-    num_samples: int = 16
+    # Validation prompts whose greedy generations are exported (predictions.jsonl), and their
+    # length limit. None = 16 on a GPU, 0 on CPU, where generating dominates evaluation time.
+    num_samples: int | None = None
     max_new_tokens: int = 128
     # Generation quality at evaluation (end of training and `llmtune eval`): greedy answers to
     # this many eval rows (-1 = all, 0 = off) scored against the reference answers with
@@ -107,11 +109,16 @@ class SFTTask(Task):
     generative = True
 
     # ---- config -------------------------------------------------------------------------------
+    def apply_defaults(self, cfg: Any, tree: dict) -> None:
+        # Packed batches have no padding to save: length grouping would only make them less random.
+        if cfg.options.packing and "group_by_length" not in (tree.get("train") or {}):
+            cfg.train.group_by_length = False
+
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
-        if o.num_samples < 0:
+        if o.num_samples is not None and o.num_samples < 0:
             p.append(f"options.num_samples must be >= 0, got {o.num_samples}")
         if o.max_new_tokens < 1:
             p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
@@ -244,13 +251,9 @@ class SFTTask(Task):
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         if ctx.cfg.options.packing:
-            import inspect
+            from llmtune.packing import check_model_takes_positions
 
-            if "position_ids" not in inspect.signature(model.forward).parameters:
-                raise LlmtuneError(
-                    f"options.packing needs a model that takes position_ids; {type(model).__name__} does not: "
-                    f"set options.packing=false"
-                )
+            check_model_takes_positions(model, "options.packing")
         if ctx.cfg.options.lora:
             model = self._add_lora(ctx, model)
         return model
@@ -310,13 +313,36 @@ class SFTTask(Task):
             raise LlmtuneError(f"base model '{base}' of the adapters in {path} cannot be loaded: {exc}") from exc
         return PeftModel.from_pretrained(model, str(path))
 
-    def collator(self, ctx: RunContext) -> Any:
+    def check_model(self, ctx: RunContext, model: Any) -> None:
         if ctx.cfg.options.packing:
-            return PackedCollator()
+            from llmtune.packing import probe_document_attention
+
+            probe_document_attention(model, "options.packing")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing and multi_process():
+            return self.padded_collator(ctx)
+        return None
+
+    def padded_collator(self, ctx: RunContext) -> Any:
         from transformers import DataCollatorForSeq2Seq
 
         # Pads input_ids/attention_mask with the pad token and labels with -100 (decoder-only is fine).
         return DataCollatorForSeq2Seq(ctx.tokenizer, label_pad_token_id=-100, padding=True)
+
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing:
+            from llmtune.packing import PaddingFreeCollator, layout_for
+
+            tok = ctx.tokenizer
+            return PaddingFreeCollator(
+                pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                row_length=ctx.cfg.data.max_length,
+                layout=layout_for(ctx.cfg.model.attn_implementation),
+            )
+        return self.padded_collator(ctx)
 
     def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
         o = ctx.cfg.options
@@ -336,11 +362,23 @@ class SFTTask(Task):
         ctx.model = merged
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.tasks.lm import row_nll_and_count
+    def training_args(self, ctx: RunContext) -> dict:
+        from llmtune.modeling import tokenizer_max_length
+        from llmtune.tasks.lm import lm_eval_batch_args
+
+        # Packed or padded, an eval batch holds at most batch x max_length tokens.
+        return lm_eval_batch_args(ctx, min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer)))
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        from llmtune.tasks.lm import lm_eval_step
 
         # Two numbers per row ([summed NLL, tokens]) instead of [B, L, vocab] logits.
-        return lambda logits, labels: row_nll_and_count(logits, labels, shift=True)
+        return lm_eval_step(shift=True)
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        if ctx.cfg.options.num_samples is None and num_samples(ctx) == 0:
+            return "no generated answers on CPU (slow): set options.num_samples=N to export N greedy answers"
+        return None
 
     def compute_metrics(self, ctx: RunContext) -> Any:
         from llmtune.tasks.lm import perplexity, total_loss
@@ -359,7 +397,7 @@ class SFTTask(Task):
             metrics["eval_loss"] = metrics.pop("eval_token_loss")
         o = ctx.cfg.options
         scored = o.eval_generation_rows
-        n = -1 if scored == -1 else max(o.num_samples, scored)
+        n = -1 if scored == -1 else max(num_samples(ctx), scored)
         if n == 0 or not trainer.is_world_process_zero():
             return metrics, []
         rows = list(raw_split) if n == -1 else list(itertools.islice(iter(raw_split), n))
@@ -450,29 +488,14 @@ def generation_quality(records: list[dict], run: Any, options: Any) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# packing
+def num_samples(ctx: RunContext) -> int:
+    """Generated answers to export: options.num_samples, else 16 on a GPU and none on CPU."""
+    chosen = ctx.cfg.options.num_samples
+    if chosen is not None:
+        return chosen
+    import torch
 
-
-class PackedCollator:
-    """``DataCollatorWithFlattening`` (one row per batch, ``position_ids`` restarting at 0 for each
-    example, label -100 at each example start) that also passes ``use_cache=False``.
-
-    transformers derives the block-diagonal mask from restarting position ids only when no
-    attention mask and no KV cache are given; a model whose config has ``use_cache=True`` would
-    otherwise build a cache in forward and silently let examples attend to each other. (The
-    Trainer sets ``use_cache=False`` too; this keeps the collator correct on its own.)
-    """
-
-    def __init__(self) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.flatten(features)
-        batch["use_cache"] = False
-        return batch
+    return 16 if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------------------------------------
