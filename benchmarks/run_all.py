@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_sentiment.py", "bench_streaming.py", "bench_pretrain.py", "bench_estimate.py"]
+SCRIPTS = ["bench_sentiment.py", "bench_lora.py", "bench_streaming.py", "bench_pretrain.py", "bench_estimate.py"]
 
 
 def main() -> int:
