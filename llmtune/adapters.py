@@ -356,6 +356,9 @@ def load_trained(ctx: RunContext, auto_class: str, location: str | Path, merge: 
         kwargs.setdefault(
             "config", AutoConfig.from_pretrained(str(saved), trust_remote_code=bool(args.get("trust_remote_code")))
         )
+        config = kwargs["config"]
+        for key in [k for k in kwargs if k != "config" and hasattr(config, k)]:
+            setattr(config, key, kwargs.pop(key))  # task settings (num_labels...) go on the config
     # The base loads like a training run's model (revision, GGUF de-quantisation), in fp32.
     base_ctx = SimpleNamespace(
         cfg=SimpleNamespace(model=ModelArgs(**{k: v for k, v in args.items() if v is not None})),
