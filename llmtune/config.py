@@ -10,6 +10,7 @@ This module must stay importable without torch/transformers (``recipes validate`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -107,6 +108,10 @@ class TrainArgs:
     eval_strategy: str = "epoch"
     eval_steps: int | None = None
     save_total_limit: int | None = 2
+    # Keep a checkpoint (weights + optimizer state) of the last step of a completed run, e.g. to
+    # extend the run later with --resume. Off: the saved model is the result; checkpoints are
+    # written at save points during training and when a signal stops the run.
+    save_final_checkpoint: bool = False
     load_best_model_at_end: bool = True
     # None = the task's main metric.
     metric_for_best_model: str | None = None
@@ -195,6 +200,10 @@ class RunConfig:
     peft: PeftArgs = field(default_factory=PeftArgs)
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
+    # Not saved: values the task's default recipe set when no --recipe was given (printed once
+    # at the start of a run), and that recipe's file name.
+    recipe_defaults: typing.ClassVar[dict] = {}
+    recipe_source: typing.ClassVar[str] = ""
 
     def to_dict(self) -> dict:
         out = {}
@@ -554,6 +563,7 @@ def load_config(
 
     tree: dict = {}
     source = None
+    implicit = False
     if recipe is not None:
         path = find_recipe(str(recipe))
         tree = read_yaml(path)
@@ -563,6 +573,8 @@ def load_config(
         if path is not None:
             tree = read_yaml(path)
             source = str(path)
+            implicit = True
+    recipe_tree = copy.deepcopy(tree)
     if task is not None:
         from llmtune.tasks import get_task
 
@@ -580,4 +592,60 @@ def load_config(
     for key, value in (flags or {}).items():
         if value is not None:
             apply_override(tree, key, value)
-    return build_config(tree, source, validate=validate)
+    given = {key for key, _ in parse_set_overrides(sets)} | {k for k, v in (flags or {}).items() if v is not None}
+    skipped = {}
+    if implicit and "train.batch_size" in given and "train.gradient_accumulation_steps" not in given:
+        # The batch asked for is the batch trained with: the recipe's accumulation would multiply it.
+        accumulation = (tree.get("train") or {}).pop("gradient_accumulation_steps", None)
+        if accumulation not in (None, 1):
+            skipped["train.gradient_accumulation_steps"] = f"1 (not the recipe's {accumulation}: --batch-size given)"
+    recipe_data = recipe_tree.get("data") or {}
+    if recipe_data.get("config_name") and "data.dataset" in given and "data.config_name" not in given:
+        (tree.get("data") or {}).pop("config_name", None)  # a configuration of the recipe's dataset
+    if "description" in tree and _replaces_model_or_data(recipe_tree, tree):
+        tree.pop("description")  # it describes the recipe's model and data, not this run's
+    cfg = build_config(tree, source, validate=validate)
+    if implicit:
+        cfg.recipe_defaults = {**_recipe_values(recipe_tree, tree, cfg), **skipped}
+        cfg.recipe_source = Path(source).name if source else ""
+    return cfg
+
+
+#: Recipe keys that change neither cost nor results: not listed when a default recipe is used.
+_COSMETIC_KEYS = {"description", "task", "train.logging_steps", "train.save_total_limit", "train.output_dir"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted.count(".") == 0 and key != "config_overrides":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _replaces_model_or_data(recipe_tree: dict, tree: dict) -> bool:
+    before, after = _flatten(recipe_tree), _flatten(tree)
+    keys = ("model.name_or_path", "model.config", "model.gguf_file", "data.dataset", "data.config_name")
+    return any(k in before and after.get(k) != before[k] for k in keys) or any(
+        k not in before and after.get(k) is not None for k in ("model.name_or_path", "data.dataset")
+    )
+
+
+def _recipe_values(recipe_tree: dict, tree: dict, cfg: RunConfig) -> dict:
+    """The recipe's values this run kept that differ from the typed defaults (the ones worth
+    telling a user who did not pick the recipe)."""
+    defaults = {**_flatten(RunConfig().to_dict())}
+    if cfg.options is not None and dataclasses.is_dataclass(cfg.options):
+        defaults.update(_flatten({"options": dataclasses.asdict(type(cfg.options)())}))
+    final = _flatten(tree)
+    out = {}
+    for key, value in _flatten(recipe_tree).items():
+        if key in _COSMETIC_KEYS or final.get(key) != value or defaults.get(key, object()) == value:
+            continue
+        if key == "train.epochs" and cfg.train.max_steps > 0:
+            continue  # max_steps decides
+        out[key] = value
+    return out

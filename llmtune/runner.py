@@ -34,6 +34,7 @@ from llmtune.outputs import (
     write_model_card,
     write_run_status,
 )
+from llmtune.recipes import recipe_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 from llmtune.trainer import build_trainer
@@ -67,6 +68,9 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     quiet = cfg.train.progress == "quiet"
     info = (lambda *a, **k: None) if quiet else echo  # --quiet: final metrics and errors only
     info("llmtune: resolved config\n" + cfg.to_yaml())
+    note = recipe_defaults_note(cfg)
+    if note:
+        info(note)
     if resume_from is not None:
         info(f"llmtune: resuming from {resume_from}")
     elif cfg.train.resume == "auto":
@@ -101,6 +105,8 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         cfg.save(output_dir)
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
+    if has_eval and ctx.state.get("eval_batch_note"):
+        echo(f"llmtune: {ctx.state['eval_batch_note']}")
     started = time.perf_counter()
     stopper = _callback(trainer, "StopOnSignal")
     finished = False
@@ -131,6 +137,9 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
     for key in ("trainable_params", "total_params"):
         train_metrics[key] = ctx.state.get(key)
+    memory = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StepMemory"), None)
+    if memory is not None:
+        train_metrics.update(memory.metrics())
 
     metrics: dict[str, Any] = {"train": train_metrics}
     records: list[dict] = []
@@ -252,10 +261,17 @@ def run_eval(
     cfg.train.load_best_model_at_end = False
     cfg.train.report_to = ["none"]  # scoring only: no experiment tracking
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
+    method = task.eval_note(ctx)
+    for line in (method, ctx.state.get("eval_batch_note")):
+        if line:
+            echo(f"llmtune: {line}")
     metrics, records = task.predict(ctx, trainer, raw["validation"], processed["validation"])
     metrics = clean_metrics(metrics)
     if state.is_main_process:
-        write_json(output_dir / METRICS_FILE, {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset})
+        summary = {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset}
+        if method:
+            summary["method"] = method
+        write_json(output_dir / METRICS_FILE, summary)
         write_jsonl(output_dir / PREDICTIONS_FILE, records)
         cfg.save(output_dir)
     state.wait_for_everyone()
