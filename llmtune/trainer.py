@@ -327,7 +327,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     if cfg.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
-    cls = llmtune_trainer(base)
+    cls = task.trainer_class(ctx, llmtune_trainer(base))
     trainer = cls(
         model=ctx.model,
         args=args,
