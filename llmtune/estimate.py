@@ -255,14 +255,23 @@ def _is_head(model: Any, name: str) -> bool:
     return bool(prefix) and hasattr(model, prefix) and not name.startswith(prefix + ".")
 
 
+def _module_or_none(model: Any, getter: str) -> Any:
+    """``model.get_input_embeddings()`` & co., or None (speech encoders have no token embeddings and
+    transformers raises NotImplementedError for them)."""
+    try:
+        return getattr(model, getter)() if hasattr(model, getter) else None
+    except NotImplementedError:
+        return None
+
+
 def count_parameters(model: Any, lora_r: int | None = None, lora_targets: list[str] | None = None,
                      train_head: bool = False) -> Params:  # fmt: skip
     """Parameter counts of a (meta) model; with LoRA, the base is frozen and the head stays trainable
     when ``train_head`` (classification-type tasks: peft's ``modules_to_save``)."""
     total = sum(p.numel() for p in model.parameters())
     embedding = 0
-    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inputs = _module_or_none(model, "get_input_embeddings")
+    outputs = _module_or_none(model, "get_output_embeddings")
     tied = inputs is not None and outputs is not None and getattr(outputs, "weight", None) is inputs.weight
     for name, module in model.named_modules():
         if type(module).__name__ == "Embedding" or name.endswith(("wpe", "position_embeddings", "embed_positions")):
