@@ -492,7 +492,9 @@ class QaTask(Task):
             out = ctx.model(**encode_device(ctx, enc))
             starts.append(out.start_logits.float().cpu().numpy())
             ends.append(out.end_logits.float().cpu().numpy())
-        answers = self._answers(ctx, examples, features, np.concatenate(starts), np.concatenate(ends))
+        nulls = list(features["null_position"])
+        found = window_candidates(np.concatenate(starts), np.concatenate(ends), nulls, ctx.cfg.options.n_best_size)
+        answers = self._answers(ctx, examples, features, found)
         records = []
         for row, answer in zip(examples, answers, strict=True):
             record = {"question": row[o.question_column], "answer": answer["text"]}
