@@ -36,7 +36,24 @@ def sentences(path: Path, n: int) -> tuple[list[str], str]:
         lines = path.read_text(encoding="utf-8").splitlines()[1:]
         return [ln.split("\t")[0] for ln in lines][:n], f"SST-2 dev ({path})"
     rng = random.Random(0)
-    words = ["the", "a", "film", "movie", "was", "really", "quite", "good", "bad", "great", "boring", "plot", "actors", "story", "long", "short"]
+    words = [
+        "the",
+        "a",
+        "film",
+        "movie",
+        "was",
+        "really",
+        "quite",
+        "good",
+        "bad",
+        "great",
+        "boring",
+        "plot",
+        "actors",
+        "story",
+        "long",
+        "short",
+    ]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 40))) for _ in range(n)], "synthetic sentences"
 
 
