@@ -13,6 +13,7 @@ SCRIPTS = [
     "bench_pretrain.py",
     "bench_estimate.py",
     "bench_eval_memory.py",
+    "bench_dpo.py",
     "bench_inference.py",
     "bench_sft_samsum.py",
 ]

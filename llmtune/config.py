@@ -157,12 +157,47 @@ class TrainArgs:
 
 
 @dataclass
+class PeftArgs:
+    """Parameter-efficient fine-tuning through ``peft`` (see :mod:`llmtune.adapters`)."""
+
+    # none (full fine-tuning) | lora | dora (weight-decomposed LoRA) | ia3
+    method: str = "none"
+    # LoRA/DoRA rank, scaling alpha and dropout (IA3 has none of these).
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names to adapt: None = peft's default for the architecture; [all-linear] = every
+    # linear layer except the output layer.
+    target_modules: list[str] | None = None
+    # Modules trained in full and saved with the adapters: None = the task's head (classifier,
+    # score, qa_outputs...); [] = none.
+    modules_to_save: list[str] | None = None
+    # Save the model with the adapters merged in (plus adapter/); false = adapters only.
+    merge: bool = True
+    # QLoRA: 4-bit NF4 base weights (bitsandbytes, double quantisation, bf16 compute); CUDA only.
+    load_in_4bit: bool = False
+
+
+PEFT_METHODS = ("none", "lora", "dora", "ia3")
+# sft's old LoRA options, now the shared peft section: refused with a pointer to the new key.
+MOVED_KEYS = {
+    "options.lora": "peft.method (e.g. --set peft.method=lora, or --lora)",
+    "options.lora_r": "peft.r",
+    "options.lora_alpha": "peft.alpha",
+    "options.lora_dropout": "peft.dropout",
+    "options.lora_target_modules": "peft.target_modules",
+    "options.merge_lora": "peft.merge",
+}
+
+
+@dataclass
 class RunConfig:
     task: str = "sentiment"
     description: str = ""
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    peft: PeftArgs = field(default_factory=PeftArgs)
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
     # Not saved: values the task's default recipe set when no --recipe was given (printed once
@@ -195,8 +230,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
 
-SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs}
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "options")
+SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +418,13 @@ def build_config(tree: dict, source: str | None = None, validate: bool = True) -
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems))
     if task is not None:
-        cfg.options = build_dataclass(task.Options, tree.get("options"), "options", problems)
+        options = tree.get("options")
+        if isinstance(options, dict):
+            known = {f.name for f in dataclasses.fields(task.Options)}
+            for key in [k for k in options if f"options.{k}" in MOVED_KEYS and k not in known]:
+                problems.append(f"options.{key} moved to the peft section: use {MOVED_KEYS[f'options.{key}']}")
+            options = {k: v for k, v in options.items() if not (f"options.{k}" in MOVED_KEYS and k not in known)}
+        cfg.options = build_dataclass(task.Options, options, "options", problems)
         task.apply_defaults(cfg, tree)
     if problems:
         raise ConfigError(problems, source)
@@ -469,10 +510,40 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append("data.streaming (--streaming) needs train.max_steps (--max-steps): a stream has no known length")
     if d.shuffle_buffer_size < 1:
         p.append(f"data.shuffle_buffer_size must be >= 1, got {d.shuffle_buffer_size}")
+    p.extend(peft_problems(cfg))
     if task is not None:
         p.extend(task.validate(cfg))
     if p:
         raise ConfigError(p, source)
+
+
+def peft_problems(cfg: RunConfig) -> list[str]:
+    e, m, p = cfg.peft, cfg.model, []
+    if e.method not in PEFT_METHODS:
+        p.append(f"peft.method must be {', '.join(PEFT_METHODS)}, got {e.method!r}")
+        return p
+    if e.r < 1:
+        p.append(f"peft.r must be >= 1, got {e.r}")
+    if e.alpha <= 0:
+        p.append(f"peft.alpha must be > 0, got {e.alpha}")
+    if not 0 <= e.dropout < 1:
+        p.append(f"peft.dropout must be in [0, 1), got {e.dropout}")
+    if e.target_modules is not None and not e.target_modules:
+        p.append("peft.target_modules must name at least one module, or be null (peft's default) or [all-linear]")
+    if e.method == "none":
+        if e.load_in_4bit:
+            p.append(
+                "peft.load_in_4bit (QLoRA) trains adapters on frozen 4-bit weights: set peft.method=lora (or --lora)"
+            )
+        return p
+    if m.config and not m.name_or_path:
+        p.append(
+            f"peft.method={e.method} adapts pretrained weights, but model.config builds a random model: "
+            f"pass --model, or drop peft.method to train from scratch"
+        )
+    if e.load_in_4bit and m.gguf_file:
+        p.append("peft.load_in_4bit cannot re-quantise a GGUF model (model.gguf_file): drop one of them")
+    return p
 
 
 def load_config(

@@ -43,6 +43,11 @@ def quiet_libraries(debug: bool) -> None:
         # CRITICAL, not ERROR: datasets logs parse failures itself before raising; we report them
         # in one line (with the file's line number) instead.
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+        import logging
+
+        # bitsandbytes (imported by peft) warns on every CPU import that its optional CPU 4-bit
+        # kernels are missing: not the user's concern (QLoRA itself is refused on CPU).
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         datasets.disable_progress_bars()
         import logging
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtune.adapters import apply_adapters, check_runtime, save_adapted
 from llmtune.config import CONFIG_FILENAME, RunConfig
 from llmtune.console import echo, metrics_table, quiet_libraries
 from llmtune.curves import CURVES_FILE
@@ -75,6 +76,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     elif cfg.train.resume == "auto":
         info(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
+    check_runtime(cfg)  # QLoRA without a GPU: refused before any loading
 
     from llmtune import hardware
 
@@ -91,6 +93,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     hardware.apply_to_model(cfg, ctx.model)
     task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
+    ctx.model = apply_adapters(ctx, ctx.model)
     has_eval = "validation" in processed
 
     if state.is_main_process:
@@ -132,6 +135,8 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         )
     train_metrics = clean_metrics(dict(result.metrics))
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
+    for key in ("trainable_params", "total_params"):
+        train_metrics[key] = ctx.state.get(key)
     memory = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StepMemory"), None)
     if memory is not None:
         train_metrics.update(memory.metrics())
@@ -146,7 +151,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         test_metrics, records = task.predict(ctx, trainer, raw["test"], processed["test"])
         metrics["test"] = clean_metrics({k.replace("eval_", "test_", 1): v for k, v in test_metrics.items()})
 
-    trainer.save_model(str(output_dir))
+    save_adapted(ctx, trainer, output_dir)  # adapters: also merged, per peft.merge
     if state.is_main_process:
         task.save_extras(ctx, output_dir)
         cfg.save(output_dir)
@@ -201,6 +206,7 @@ def precheck_train(cfg: RunConfig) -> None:
     output_dir = default_output_dir(cfg)
     check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     resolve_resume(cfg.train.resume, output_dir)
+    check_runtime(cfg)
 
 
 def prepare_hub_access_for(cfg: RunConfig) -> None:

@@ -12,6 +12,7 @@ import sys
 from llmtune.cli import (  # noqa: F401  (register their commands)
     estimate,
     evaluate,
+    export,
     generate,
     predict,
     recipes,

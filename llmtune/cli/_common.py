@@ -112,6 +112,10 @@ GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 .. 2**32-1).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output dir.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+Lora = Annotated[
+    bool,
+    typer.Option("--lora", help="Train LoRA adapters instead of all weights (peft.method=lora; see peft.* keys)."),
+]
 Quiet = Annotated[
     bool,
     typer.Option("--quiet", "-q", help="Show only the final metrics and errors (train.progress=quiet)."),
@@ -186,6 +190,7 @@ def train_flags(
     overwrite: bool,
     resume: str | None = None,
     trust_remote_code: bool = False,
+    lora: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Dotted config keys for the training flags (None: flag not given); the dotted key doubles as
@@ -203,5 +208,6 @@ def train_flags(
         "train.gradient_accumulation_steps": grad_accum,
         "train.seed": seed,
         "train.overwrite": True if overwrite else None,
+        "peft.method": "lora" if lora else None,
         "train.progress": "quiet" if quiet else None,
     }

@@ -56,6 +56,10 @@ class Task:
     seq2seq: bool = False
     #: ``transformers.pipeline`` task name written in the model card
     pipeline_tag: str | None = None
+    #: ``peft.TaskType`` of the model (None: a plain ``PeftModel``), and the names of the head
+    #: modules trained in full with adapters (``peft.modules_to_save`` left unset)
+    peft_task_type: str | None = None
+    head_modules: tuple[str, ...] = ()
     #: a causal LM that ``generate``/``chat`` and ``serve``'s completions can drive
     generative: bool = False
 
@@ -92,6 +96,13 @@ class Task:
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         return model
+
+    def trainer_class(self, ctx: RunContext, base: type) -> type:
+        """The Trainer class this task runs: ``base`` (llmtune's Trainer subclass, see
+        :func:`llmtune.trainer.llmtune_trainer`) or a subclass of it that computes the loss and
+        evaluation outputs differently (e.g. preference tuning). Checkpoints, samplers and
+        resume come from ``base``, so a subclass keeps them."""
+        return base
 
     def training_args(self, ctx: RunContext) -> dict:
         """Extra ``TrainingArguments`` this task needs (e.g. generation settings)."""
@@ -139,6 +150,10 @@ class Task:
     def eval_note(self, ctx: RunContext) -> str | None:
         """One line saying how ``llmtune eval`` scores (printed and saved in metrics.json)."""
         return None
+
+    def card_lines(self, ctx: RunContext) -> list[str]:
+        """Task-specific bullet lines for the model card (e.g. sample rate, vocabulary)."""
+        return []
 
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
         """Metrics and exported prediction records for one split."""

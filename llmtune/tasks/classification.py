@@ -49,6 +49,9 @@ class ClassificationTask(Task):
     family = "classification"
     Options = ClassificationOptions
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    # BERT-likes: classifier; GPT-likes: score; BART/T5: classification_head; DistilBERT adds pre_classifier.
+    head_modules = ("classifier", "score", "classification_head", "pre_classifier")
     main_metric = "accuracy"
     greater_is_better = True
     pipeline_tag = "text-classification"

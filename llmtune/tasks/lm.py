@@ -311,6 +311,7 @@ class CausalLMTask(LMTask):
     description = "causal language-model pretraining (GPT-style), from scratch or continued"
     Options = ClmOptions
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
     main_metric = "perplexity"
     pipeline_tag = "text-generation"
     preset_types = ("gpt2", "llama")

@@ -162,6 +162,8 @@ class NerTask(Task):
     description = "named-entity recognition / token classification (CoNLL or jsonl tokens + tags)"
     Options = NerOptions
     auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    head_modules = ("classifier", "score")
     main_metric = "f1"
     greater_is_better = True
     pipeline_tag = "token-classification"

@@ -239,6 +239,8 @@ class QaTask(Task):
     description = "extractive question answering (SQuAD v1.1/v2.0 json or jsonl)"
     Options = QaOptions
     auto_model = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+    head_modules = ("qa_outputs",)
     main_metric = "f1"
     greater_is_better = True
     pipeline_tag = "question-answering"

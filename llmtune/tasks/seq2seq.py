@@ -59,6 +59,7 @@ class TranslationOptions(Seq2SeqOptions):
 
 class Seq2SeqTask(Task):
     auto_model = "AutoModelForSeq2SeqLM"
+    peft_task_type = "SEQ_2_SEQ_LM"
     seq2seq = True
     greater_is_better = True
 

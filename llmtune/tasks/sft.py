@@ -20,9 +20,7 @@ stays within an example (block-diagonal on sdpa/eager/flex, varlen on FlashAtten
 loss equals that of padded batches of the same examples, for less compute. Used for the eval
 loop too.
 
-``options.lora``: LoRA adapters via ``peft``; merged into the base weights when saving
-(``options.merge_lora``, default) with the adapters also kept in ``adapter/``, or saved as
-adapters only (loaded on top of the base model by ``llmtune eval``).
+LoRA/DoRA/IA3 and QLoRA: the shared ``peft:`` section (:mod:`llmtune.adapters`), as for every task.
 
 Evaluation: token-weighted loss and perplexity over the assistant tokens, plus greedy
 generations for the first ``options.num_samples`` validation prompts (predictions.jsonl).
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
@@ -85,15 +82,6 @@ class SFTOptions:
     # eval_generation_metrics (rouge1/rouge2/rougeL/rougeLsum, bleu, chrf, exact_match).
     eval_generation_rows: int = 0
     eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
-    # LoRA (pip install 'llmtune[peft]'): rank, scaling alpha, dropout and the module names to
-    # adapt (None = peft's default for the architecture; [all-linear] = every linear layer).
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
-    # Save the base model with the adapters merged in (plus adapter/); false = adapters only.
-    merge_lora: bool = True
 
 
 class SFTTask(Task):
@@ -103,6 +91,7 @@ class SFTTask(Task):
     description = "supervised instruction tuning of a causal LM (prompt/response or chat messages), loss on answers"
     Options = SFTOptions
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
     main_metric = "perplexity"
     greater_is_better = False
     pipeline_tag = "text-generation"
@@ -139,13 +128,6 @@ class SFTTask(Task):
             p.append(
                 f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
             )
-        if o.lora:
-            if o.lora_r < 1:
-                p.append(f"options.lora_r must be >= 1, got {o.lora_r}")
-            if o.lora_alpha <= 0:
-                p.append(f"options.lora_alpha must be > 0, got {o.lora_alpha}")
-            if not 0 <= o.lora_dropout < 1:
-                p.append(f"options.lora_dropout must be in [0, 1), got {o.lora_dropout}")
         if o.messages_column and (o.prompt_column or o.response_column):
             p.append("set options.messages_column or options.prompt_column/response_column, not both")
         for key in ("text_column", "text_pair_column", "label_column"):
@@ -254,64 +236,7 @@ class SFTTask(Task):
             from llmtune.packing import check_model_takes_positions
 
             check_model_takes_positions(model, "options.packing")
-        if ctx.cfg.options.lora:
-            model = self._add_lora(ctx, model)
         return model
-
-    def _add_lora(self, ctx: RunContext, model: Any) -> Any:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise LlmtuneError("options.lora needs peft: pip install 'llmtune[peft]'") from None
-        o = ctx.cfg.options
-        targets: Any = o.lora_target_modules
-        if targets in (["all-linear"], ["all_linear"]):
-            targets = "all-linear"
-        config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=o.lora_r,
-            lora_alpha=o.lora_alpha,
-            lora_dropout=o.lora_dropout,
-            target_modules=targets,
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as exc:
-            text = str(exc).strip().splitlines()[0]
-            raise LlmtuneError(
-                f"LoRA cannot wrap {type(model).__name__}: {text}; set options.lora_target_modules "
-                f"(e.g. [q_proj, v_proj] or [all-linear])"
-            ) from exc
-        if ctx.cfg.train.gradient_checkpointing:
-            model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-        return model
-
-    def load_trained_model(self, ctx: RunContext) -> Any:
-        path = Path(ctx.model_path)
-        if not (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
-            return super().load_trained_model(ctx)
-        # Adapters only (options.merge_lora=false): the base model, then the adapters on top.
-        import torch
-        import transformers
-
-        from llmtune.config import CONFIG_FILENAME, read_yaml
-
-        try:
-            from peft import PeftConfig, PeftModel
-        except ImportError:
-            raise LlmtuneError(f"{path} holds LoRA adapters: pip install 'llmtune[peft]' to load them") from None
-        trained = read_yaml(path / CONFIG_FILENAME).get("model", {}) if (path / CONFIG_FILENAME).is_file() else {}
-        base = trained.get("name_or_path") or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-        extra = {"gguf_file": trained["gguf_file"]} if trained.get("gguf_file") else {}
-        from llmtune.modeling import model_location
-
-        try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                model_location(base), dtype=torch.float32, **extra
-            )
-        except OSError as exc:
-            raise LlmtuneError(f"base model '{base}' of the adapters in {path} cannot be loaded: {exc}") from exc
-        return PeftModel.from_pretrained(model, str(path))
 
     def check_model(self, ctx: RunContext, model: Any) -> None:
         if ctx.cfg.options.packing:
@@ -343,23 +268,6 @@ class SFTTask(Task):
                 layout=layout_for(ctx.cfg.model.attn_implementation),
             )
         return self.padded_collator(ctx)
-
-    def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
-        o = ctx.cfg.options
-        if not (o.lora and o.merge_lora):
-            return
-        import shutil
-
-        # The Trainer saved adapters at the top level: keep them in adapter/, put the merged model there.
-        output_dir = Path(output_dir)
-        adapter_dir = output_dir / "adapter"
-        adapter_dir.mkdir(exist_ok=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-            if (output_dir / name).is_file():
-                shutil.move(str(output_dir / name), str(adapter_dir / name))
-        merged = ctx.model.merge_and_unload()
-        merged.save_pretrained(output_dir)
-        ctx.model = merged
 
     # ---- evaluation ---------------------------------------------------------------------------
     def training_args(self, ctx: RunContext) -> dict:
