@@ -130,7 +130,7 @@ def read_squad_json(path: Path) -> Any:
 # post-processing
 
 
-def null_positions(ids: Any, cls_id: int | None) -> Any:
+def cls_null_positions(ids: Any, cls_id: int | None) -> Any:
     """Each window's null-answer position, as in preprocessing: its first CLS token (else 0)."""
     import torch
 
@@ -395,7 +395,7 @@ class QaTask(Task):
 
         def step(model: Any, inputs: dict) -> tuple[Any, Any, Any]:
             outputs = model(**inputs)
-            null = null_positions(inputs["input_ids"], cls_id)
+            null = cls_null_positions(inputs["input_ids"], cls_id)
             found = window_candidates(outputs.start_logits, outputs.end_logits, null, n_best)
             return outputs.get("loss"), found, inputs.get("start_positions", null)
 
@@ -495,7 +495,7 @@ class QaTask(Task):
             chunk = features[at : at + size]
             enc = encode_device(ctx, BatchEncoding({c: torch.tensor(chunk[c]) for c in inputs}))
             out = ctx.model(**enc)
-            null = null_positions(enc["input_ids"], ctx.tokenizer.cls_token_id)
+            null = torch.tensor(chunk["null_position"], device=out.start_logits.device)
             found.append(window_candidates(out.start_logits, out.end_logits, null, o.n_best_size).cpu().numpy())
         answers = self._answers(ctx, examples, features, np.concatenate(found))
         records = []
