@@ -59,6 +59,9 @@ class ModelArgs:
     # Name of a GGUF file inside ``name_or_path`` (de-quantized on load).
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    # Attention kernel: sdpa | flash_attention_2 | flex_attention | eager; None = sdpa (eager for
+    # the few architectures without it). Refused in one line where the model or machine lacks it.
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -114,19 +117,77 @@ class TrainArgs:
     metric_for_best_model: str | None = None
     early_stopping_patience: int | None = None
     logging_steps: int = 50
-    # fp32 | bf16 | fp16
-    precision: str = "fp32"
+    # auto | fp32 | bf16 | fp16. auto = bf16 mixed precision on GPUs that have it (fp16 on older
+    # CUDA GPUs), fp32 on CPU; TF32 matmuls are switched on on Ampere and newer GPUs.
+    precision: str = "auto"
     gradient_checkpointing: bool = False
+    # torch.compile the model (TrainingArguments.torch_compile); refused in one line where the
+    # platform cannot compile, unless compile_fallback (then the run continues uncompiled).
+    compile: bool = False
+    # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs (None = default).
+    compile_mode: str | None = None
+    compile_fallback: bool = False
+    # Optimizer: auto (fused AdamW, the transformers default: CUDA and CPU kernels), adamw_torch,
+    # adamw_torch_fused, adamw_8bit (bitsandbytes, CUDA only), adafactor, sgd.
+    optim: str = "auto"
+    # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
+    # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
+    liger_kernel: bool = False
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
     group_by_length_batches: int = 4
     dataloader_num_workers: int = 0
+    # Page-locked host batches for faster host-to-GPU copies; None = on when a CUDA GPU is used.
+    dataloader_pin_memory: bool | None = None
+    # Batches each worker prepares ahead (needs dataloader_num_workers > 0; None = torch's 2).
+    dataloader_prefetch_factor: int | None = None
+    # Keep workers alive between epochs/evaluations (needs dataloader_num_workers > 0).
+    dataloader_persistent_workers: bool = False
     overwrite: bool = False
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
     # fresh start when there is none) or a checkpoint folder. Set with --resume.
     resume: str | None = None
-    report_to: str = "none"
+    # Experiment trackers the Trainer logs to (its integrations): tensorboard (event files in
+    # OUTPUT_DIR/runs), wandb, mlflow, trackio, ... when installed; [none] for no tracker.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Terminal display: auto (live progress line on a terminal, plain lines otherwise), plain, or
+    # quiet (--quiet: only the final metrics and errors).
+    progress: str = "auto"
+
+
+@dataclass
+class PeftArgs:
+    """Parameter-efficient fine-tuning through ``peft`` (see :mod:`llmtune.adapters`)."""
+
+    # none (full fine-tuning) | lora | dora (weight-decomposed LoRA) | ia3
+    method: str = "none"
+    # LoRA/DoRA rank, scaling alpha and dropout (IA3 has none of these).
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names to adapt: None = peft's default for the architecture; [all-linear] = every
+    # linear layer except the output layer.
+    target_modules: list[str] | None = None
+    # Modules trained in full and saved with the adapters: None = the task's head (classifier,
+    # score, qa_outputs...); [] = none.
+    modules_to_save: list[str] | None = None
+    # Save the model with the adapters merged in (plus adapter/); false = adapters only.
+    merge: bool = True
+    # QLoRA: 4-bit NF4 base weights (bitsandbytes, double quantisation, bf16 compute); CUDA only.
+    load_in_4bit: bool = False
+
+
+PEFT_METHODS = ("none", "lora", "dora", "ia3")
+# sft's old LoRA options, now the shared peft section: refused with a pointer to the new key.
+MOVED_KEYS = {
+    "options.lora": "peft.method (e.g. --set peft.method=lora, or --lora)",
+    "options.lora_r": "peft.r",
+    "options.lora_alpha": "peft.alpha",
+    "options.lora_dropout": "peft.dropout",
+    "options.lora_target_modules": "peft.target_modules",
+    "options.merge_lora": "peft.merge",
+}
 
 
 @dataclass
@@ -136,6 +197,7 @@ class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    peft: PeftArgs = field(default_factory=PeftArgs)
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
     # Not saved: values the task's default recipe set when no --recipe was given (printed once
@@ -162,8 +224,14 @@ class RunConfig:
         return path
 
 
-SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs}
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "options")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
+
+SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +418,13 @@ def build_config(tree: dict, source: str | None = None, validate: bool = True) -
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems))
     if task is not None:
-        cfg.options = build_dataclass(task.Options, tree.get("options"), "options", problems)
+        options = tree.get("options")
+        if isinstance(options, dict):
+            known = {f.name for f in dataclasses.fields(task.Options)}
+            for key in [k for k in options if f"options.{k}" in MOVED_KEYS and k not in known]:
+                problems.append(f"options.{key} moved to the peft section: use {MOVED_KEYS[f'options.{key}']}")
+            options = {k: v for k, v in options.items() if not (f"options.{k}" in MOVED_KEYS and k not in known)}
+        cfg.options = build_dataclass(task.Options, options, "options", problems)
         task.apply_defaults(cfg, tree)
     if problems:
         raise ConfigError(problems, source)
@@ -367,8 +441,26 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.eval_strategy must be epoch, steps or no, got {t.eval_strategy!r}")
     if t.eval_strategy == "steps" and not t.eval_steps:
         p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        p.append(f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}")
+    if t.precision not in PRECISIONS:
+        p.append(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if cfg.model.attn_implementation is not None and cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        p.append(
+            f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+            f"got {cfg.model.attn_implementation!r}"
+        )
+    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
+        p.append(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
+    if (t.compile_mode is not None or t.compile_fallback) and not t.compile:
+        p.append("train.compile_mode / train.compile_fallback need train.compile=true")
+    if t.optim not in OPTIMIZERS:
+        p.append(f"train.optim must be one of {', '.join(OPTIMIZERS)}, got {t.optim!r}")
+    if t.dataloader_prefetch_factor is not None and t.dataloader_prefetch_factor < 1:
+        p.append(f"train.dataloader_prefetch_factor must be >= 1, got {t.dataloader_prefetch_factor}")
+    if t.dataloader_num_workers == 0 and (t.dataloader_prefetch_factor is not None or t.dataloader_persistent_workers):
+        p.append(
+            "train.dataloader_prefetch_factor / train.dataloader_persistent_workers need worker processes: "
+            "set train.dataloader_num_workers >= 1"
+        )
     if t.learning_rate <= 0:
         p.append(f"train.learning_rate (--lr) must be > 0, got {t.learning_rate}")
     if t.batch_size < 1:
@@ -396,6 +488,12 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
     if t.dataloader_num_workers < 0:
         p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    from llmtune.progress import PROGRESS_MODES
+
+    if t.progress not in PROGRESS_MODES:
+        p.append(f"train.progress must be {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
         p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
     if t.resume is not None and not str(t.resume).strip():
@@ -412,10 +510,40 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append("data.streaming (--streaming) needs train.max_steps (--max-steps): a stream has no known length")
     if d.shuffle_buffer_size < 1:
         p.append(f"data.shuffle_buffer_size must be >= 1, got {d.shuffle_buffer_size}")
+    p.extend(peft_problems(cfg))
     if task is not None:
         p.extend(task.validate(cfg))
     if p:
         raise ConfigError(p, source)
+
+
+def peft_problems(cfg: RunConfig) -> list[str]:
+    e, m, p = cfg.peft, cfg.model, []
+    if e.method not in PEFT_METHODS:
+        p.append(f"peft.method must be {', '.join(PEFT_METHODS)}, got {e.method!r}")
+        return p
+    if e.r < 1:
+        p.append(f"peft.r must be >= 1, got {e.r}")
+    if e.alpha <= 0:
+        p.append(f"peft.alpha must be > 0, got {e.alpha}")
+    if not 0 <= e.dropout < 1:
+        p.append(f"peft.dropout must be in [0, 1), got {e.dropout}")
+    if e.target_modules is not None and not e.target_modules:
+        p.append("peft.target_modules must name at least one module, or be null (peft's default) or [all-linear]")
+    if e.method == "none":
+        if e.load_in_4bit:
+            p.append(
+                "peft.load_in_4bit (QLoRA) trains adapters on frozen 4-bit weights: set peft.method=lora (or --lora)"
+            )
+        return p
+    if m.config and not m.name_or_path:
+        p.append(
+            f"peft.method={e.method} adapts pretrained weights, but model.config builds a random model: "
+            f"pass --model, or drop peft.method to train from scratch"
+        )
+    if e.load_in_4bit and m.gguf_file:
+        p.append("peft.load_in_4bit cannot re-quantise a GGUF model (model.gguf_file): drop one of them")
+    return p
 
 
 def load_config(

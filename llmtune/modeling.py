@@ -141,9 +141,16 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     import torch
     import transformers
 
+    from llmtune import adapters
+
+    location = model_location(ctx.model_path)
+    if adapters.is_adapter_folder(location):  # adapters only: the base, then the adapters on top
+        return adapters.load_trained(ctx, auto_class, location, **kwargs)
     cfg = ctx.cfg.model
     cls = getattr(transformers, auto_class)
     extra: dict[str, Any] = {**hub_kwargs(cfg), "dtype": torch.float32}
+    quantized = adapters.quantization_kwargs(ctx)  # QLoRA: 4-bit base weights
+    extra.update(quantized)
     if cfg.gguf_file:
         from transformers import GgufConfig
 
@@ -165,7 +172,11 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         return model
     except OSError as exc:
         raise _hub_error("model", ctx.model_path, exc) from exc
-    except ValueError as exc:
+    except (ValueError, RuntimeError, TypeError) as exc:
+        if quantized:
+            raise adapters.quantization_error(ctx, exc) from exc
+        if not isinstance(exc, ValueError):
+            raise
         text = str(exc).strip().splitlines()[0]
         raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {text}") from exc
 

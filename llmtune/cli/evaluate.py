@@ -31,6 +31,7 @@ def eval_cmd(
     ] = None,
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
@@ -58,6 +59,7 @@ def eval_cmd(
         "data.dataset": dataset,
         "train.output_dir": output_dir,
         "train.eval_batch_size": batch_size,
+        "train.progress": "quiet" if quiet else None,
         "model.gguf_file": gguf_file,
         "model.trust_remote_code": True if trust_remote_code else None,
     }.items():

@@ -60,6 +60,8 @@ def finetune(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
+    quiet: c.Quiet = False,
     gguf_file: c.GgufFile = None,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
@@ -70,7 +72,7 @@ def finetune(
         task = "sentiment"
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     flags["model.gguf_file"] = gguf_file
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
@@ -112,6 +114,8 @@ def pretrain(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -131,7 +135,7 @@ def pretrain(
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     flags.update(
         {

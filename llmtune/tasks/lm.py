@@ -11,6 +11,10 @@ partial last block of each map batch is kept and padded by the collator.
   is framed like a single sequence (``[CLS] ... [SEP]``), so every block looks like what the
   model sees at fine-tuning time.
 
+clm ``options.packing``: ``blocks`` (the above), or ``documents`` / ``padded``: one document
+per example (split into ``block_size`` pieces), batched padding-free with per-document attention
+(:mod:`llmtune.packing`) or padded.
+
 Evaluation reports perplexity = exp(total NLL / number of predicted tokens) over the whole split,
 summed per row on the device (``preprocess_logits_for_metrics``) and gathered across processes
 by the Trainer, not the mean of per-batch losses that ``eval_loss`` is. MLM eval masks are drawn
@@ -22,7 +26,7 @@ Module level stays torch-free (config validation imports it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.errors import LlmtuneError
@@ -36,6 +40,8 @@ EVAL_LOGITS_BUDGET = 512 * 2**20
 #: Elements of the logits upcast and scored at once when summing the NLL of a batch.
 NLL_CHUNK_ELEMENTS = 2**24
 DEFAULT_BLOCK = {"clm": 1024, "mlm": 512}
+# clm generation quality: the reference continuation of a prompt
+REFERENCE_COLUMNS = ("reference", "completion", "response", "target")
 
 
 @dataclass
@@ -54,12 +60,32 @@ class LMOptions:
     pack_batch_size: int = 1000
 
 
+CLM_PACKING = ("blocks", "documents", "padded")
+
+
 @dataclass
 class ClmOptions(LMOptions):
+    # How documents become training rows:
+    # blocks    - concatenated (EOS between documents) and cut into block_size blocks; attention
+    #             crosses document boundaries (GPT-style pretraining; no padding).
+    # documents - one example per document (split into block_size pieces), batches packed
+    #             padding-free with per-document attention and positions (llmtune.packing).
+    # padded    - one example per document (split the same way), batches padded: the baseline
+    #             "documents" is measured against.
+    packing: str = "blocks"
     # Sliding-window perplexity for evaluation: windows of block_size tokens advancing by
     # `stride`, each token scored once with up to block_size - stride tokens of left context.
     # None = non-overlapping blocks. Materialises the eval split's token ids (bounded).
     stride: int | None = None
+    # Generation quality at evaluation when the eval rows also hold a prompt and a reference
+    # continuation: greedy continuations of this many rows (-1 = all, 0 = off), up to
+    # max_new_tokens, scored with eval_generation_metrics. Columns: prompt_column /
+    # reference_column (None = prompt / reference, completion, response, target).
+    eval_generation_rows: int = 0
+    eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
+    prompt_column: str | None = None
+    reference_column: str | None = None
+    max_new_tokens: int = 64
 
 
 @dataclass
@@ -194,7 +220,8 @@ class LMTask(Task):
             packed = pack_dataset(
                 ds, ctx.tokenizer, self.objective, block_size, text_col, cfg.options.pack_batch_size,
                 whole_words=getattr(cfg.options, "whole_word_masking", False), num_proc=cfg.data.num_proc,
-                desc=f"tokenizing and packing {split}", stream=sample_by(ctx) == "stream",
+                desc=f"tokenizing and packing {split}", layout=getattr(cfg.options, "packing", "blocks"),
+                stream=sample_by(ctx) == "stream",
             )  # fmt: skip
             if split == "train":
                 if is_streaming(packed):
@@ -274,7 +301,7 @@ class LMTask(Task):
 
     def headline(self, metrics: dict) -> dict:
         keep = {"loss", *self.metric_names, f"initial_{self.metric_names[1]}", "runtime"}
-        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
 
 
 class CausalLMTask(LMTask):
@@ -284,19 +311,116 @@ class CausalLMTask(LMTask):
     description = "causal language-model pretraining (GPT-style), from scratch or continued"
     Options = ClmOptions
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
     main_metric = "perplexity"
     pipeline_tag = "text-generation"
     preset_types = ("gpt2", "llama")
     metric_names = ("loss", "perplexity", "tokens")
+    generative = True
 
-    def validate_options(self, o: Any) -> list[str]:
+    def _block_problems(self, o: Any) -> list[str]:
+        if o.packing not in CLM_PACKING:
+            return [f"options.packing must be one of {', '.join(CLM_PACKING)}, got {o.packing!r}"]
         if o.stride is None:
             return []
         if o.stride < 1:
             return [f"options.stride must be >= 1, got {o.stride}"]
         if o.block_size is not None and o.stride > o.block_size:
             return [f"options.stride ({o.stride}) must not exceed options.block_size ({o.block_size})"]
+        if o.packing != "blocks":
+            return [f"options.stride (sliding-window eval) needs options.packing=blocks, got {o.packing}"]
         return []
+
+    def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
+        metrics, records = super().predict(ctx, trainer, raw_split, split)
+        o = ctx.cfg.options
+        if not o.eval_generation_rows or not trainer.is_world_process_zero():
+            return metrics, records
+        from llmtune.data import column_names, pick_column
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+        from llmtune.tasks.sft import generation_quality
+
+        cols = column_names(raw_split)
+        prompt_col = pick_column(cols, o.prompt_column, ("prompt",), "prompt", "options.prompt_column")
+        ref_col = pick_column(cols, o.reference_column, REFERENCE_COLUMNS, "reference", "options.reference_column")
+        rows = (
+            list(raw_split)
+            if o.eval_generation_rows == -1
+            else list(raw_split.select(range(min(o.eval_generation_rows, len(raw_split)))))
+        )
+        prompts = [str(r[prompt_col] or "") for r in rows]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        run = generate_texts(
+            model, ctx.tokenizer, prompts, greedy_settings(o.max_new_tokens),
+            batch_size=trainer.args.per_device_eval_batch_size, add_special_tokens=True,
+        )  # fmt: skip
+        records = [
+            {"input": p, "reference": str(r[ref_col] or ""), "prediction": g.text}
+            for p, r, g in zip(prompts, rows, run.outputs, strict=True)
+        ]
+        metrics.update(generation_quality(records, run, o))
+        return metrics, records
+
+    def validate_options(self, o: Any) -> list[str]:
+        from llmtune.metrics.generation import GENERATION_METRICS
+
+        p = self._block_problems(o)
+        if o.eval_generation_rows < -1:
+            p.append(
+                f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
+            )
+        if o.max_new_tokens < 1:
+            p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+        unknown = [m for m in o.eval_generation_metrics if m not in GENERATION_METRICS]
+        if unknown or not o.eval_generation_metrics:
+            p.append(
+                f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
+        return p
+
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        from llmtune.data import pick_column
+
+        col = pick_column(columns, ctx.cfg.data.text_column, ("prompt", *TEXT_COLUMNS), "text", "data.text_column")
+        ctx.columns = {"text": col}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+
+        texts = [str(r.get(ctx.columns["text"]) or "") for r in rows]
+        gen = settings.generation or greedy_settings(settings.max_new_tokens or ctx.cfg.options.max_new_tokens)
+        run = generate_texts(ctx.model, ctx.tokenizer, texts, gen, batch_size=len(texts), add_special_tokens=True)
+        return [{"text": t, "generated_text": g.text} for t, g in zip(texts, run.outputs, strict=True)]
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        if ctx.cfg.options.packing == "documents":
+            from llmtune.packing import check_model_takes_positions, probe_document_attention
+
+            check_model_takes_positions(model, "options.packing=documents")
+            probe_document_attention(model, "options.packing=documents")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing == "documents" and multi_process():
+            return super().collator(ctx)  # padded rows of the same documents
+        return None
+
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing != "documents":
+            return super().collator(ctx)
+        from llmtune.packing import PaddingFreeCollator, layout_for
+
+        tok = ctx.tokenizer
+        return PaddingFreeCollator(
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            row_length=ctx.cfg.options.block_size,
+            layout=layout_for(ctx.cfg.model.attn_implementation),
+        )
 
     def check_tokenizer(self, tokenizer: Any, where: str | None) -> None:
         if tokenizer.eos_token_id is None:
@@ -429,15 +553,23 @@ def pack_dataset(
     whole_words: bool = False,
     num_proc: int | None = None,
     desc: str | None = None,
+    layout: str = "blocks",
     stream: bool = False,
 ) -> Any:
     """Tokenize ``text_column`` and pack it into blocks (columns: input_ids, special_tokens_mask
     [, word_starts]). Works on ``Dataset`` (cached) and ``IterableDataset`` (lazy) alike.
 
+    ``layout`` (clm only): ``blocks`` concatenates documents into full blocks; ``documents`` and
+    ``padded`` keep one document per row, split into pieces of at most ``block_size`` tokens
+    (the collator then packs or pads them).
+
     ``stream`` (clm): rows are pieces of one text (lines with their line breaks); each map batch
     is joined and tokenized as one string, without EOS, the tokenizer's leading special tokens
     (e.g. BOS) only at the start of the first batch."""
     from llmtune.data import column_names
+
+    if layout != "blocks" and objective != "clm":
+        raise ValueError("per-document layouts are for clm")
 
     eos = tokenizer.eos_token_id
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else eos
@@ -482,6 +614,12 @@ def pack_dataset(
                     starts.append(1 if w is None or w != prev else 0)
                     prev = w
                 starts.extend([1] * len(tail))
+        if layout != "blocks":
+            docs = []
+            for ids in enc["input_ids"]:
+                ids = ids if ids and ids[-1] == eos else [*ids, eos]
+                docs.extend(p for p in (ids[b : b + content] for b in range(0, len(ids), content)) if len(p) >= 2)
+            return {"input_ids": docs, "special_tokens_mask": [[int(t in special_ids) for t in d] for d in docs]}
         blocks, block_starts = [], []
         for begin in range(0, len(stream_ids), content):
             chunk = stream_ids[begin : begin + content]
@@ -500,6 +638,15 @@ def pack_dataset(
             out["word_starts"] = block_starts
         return out
 
+    from llmtune.datacache import map_fingerprint
+
+    extra = {}
+    fingerprint = map_fingerprint(
+        ds, tokenizer, (__name__,), objective=objective, block_size=block_size, text_column=text_column,
+        batch_size=batch_size, whole_words=whole_words, layout=layout, stream=stream,
+    )  # fmt: skip
+    if fingerprint is not None:  # a Dataset: cached by what the blocks depend on (llmtune.datacache)
+        extra["new_fingerprint"] = fingerprint
     return _map(
         ds,
         pack,
@@ -509,6 +656,7 @@ def pack_dataset(
         remove_columns=column_names(ds),
         num_proc=num_proc,
         desc=desc,
+        **extra,
     )
 
 
