@@ -545,6 +545,8 @@ class Target:
 
 def _precision(value: str) -> str:
     value = value.strip().lower()
+    if value == "auto":  # train.precision auto: bf16 mixed precision on the GPUs estimate plans for
+        return "mixed"
     if value not in PRECISIONS:
         raise LlmtuneError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{value}'")
     return "mixed" if value in ("bf16", "fp16") else value

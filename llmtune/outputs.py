@@ -105,7 +105,7 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     base = cfg.model.name_or_path or cfg.model.config or "(from scratch)"
     lines = [
         "---",
-        "library_name: transformers",
+        "library_name: peft" if _adapters_only(cfg) else "library_name: transformers",
         f"pipeline_tag: {task.pipeline_tag}" if task.pipeline_tag else None,
         "tags: [llmtune]",
         "---",
@@ -122,6 +122,20 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     labels = ctx.state.get("label_names")
     if labels:
         lines.append("- **Labels:** " + ", ".join(f"`{x}`" for x in labels))
+    lines += task.card_lines(ctx)
+    peft = getattr(cfg, "peft", None)
+    if peft is not None and peft.method != "none":
+        counts = ""
+        if ctx.state.get("total_params"):
+            share = 100 * ctx.state["trainable_params"] / ctx.state["total_params"]
+            counts = f", {ctx.state['trainable_params']:,} trainable parameters ({share:.2f}%)"
+        saved = "merged into the weights (adapters in `adapter/`)" if peft.merge else "adapters only"
+        details = "" if peft.method == "ia3" else f" r {peft.r}, alpha {peft.alpha:g},"
+        lines.append(
+            f"- **Adapters:** {peft.method}{details} targets `{peft.target_modules or 'peft default'}`"
+            + (", 4-bit NF4 base (QLoRA)" if peft.load_in_4bit else "")
+            + f"{counts}; saved {saved}"
+        )
     t = cfg.train
     lines += [
         f"- **Training:** lr {t.learning_rate}, batch {t.batch_size} x {t.gradient_accumulation_steps} accumulation, "
@@ -211,3 +225,8 @@ def run_files_callback(output_dir: Path, title: str, main_metric: str, greater_i
                 self.draw(state)
 
     return RunFiles()
+
+
+def _adapters_only(cfg: RunConfig) -> bool:
+    peft = getattr(cfg, "peft", None)
+    return peft is not None and peft.method != "none" and not peft.merge

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtune.adapters import apply_adapters, check_runtime, save_adapted
 from llmtune.config import CONFIG_FILENAME, RunConfig
 from llmtune.console import echo, metrics_table, quiet_libraries
 from llmtune.curves import CURVES_FILE
@@ -33,6 +34,7 @@ from llmtune.outputs import (
     write_model_card,
     write_run_status,
 )
+from llmtune.recipes import recipe_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 from llmtune.trainer import build_trainer
@@ -66,13 +68,21 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     quiet = cfg.train.progress == "quiet"
     info = (lambda *a, **k: None) if quiet else echo  # --quiet: final metrics and errors only
     info("llmtune: resolved config\n" + cfg.to_yaml())
+    note = recipe_defaults_note(cfg)
+    if note:
+        info(note)
     if resume_from is not None:
         info(f"llmtune: resuming from {resume_from}")
     elif cfg.train.resume == "auto":
         info(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
+    check_runtime(cfg)  # QLoRA without a GPU: refused before any loading
+
+    from llmtune import hardware
 
     ctx = RunContext(cfg=cfg, training=True, model_path=cfg.model.name_or_path)
+    ctx.state["performance"] = performance = hardware.preflight(cfg)  # before any data work
+    info(performance_line(cfg, performance))
     ctx.tokenizer = task.load_tokenizer(ctx)
     with state.main_process_first():
         raw = task.load_data(ctx)
@@ -80,7 +90,10 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     if "train" not in processed:
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
     ctx.model = task.build_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
+    ctx.model = apply_adapters(ctx, ctx.model)
     has_eval = "validation" in processed
 
     if state.is_main_process:
@@ -92,6 +105,8 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         cfg.save(output_dir)
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
+    if has_eval and ctx.state.get("eval_batch_note"):
+        echo(f"llmtune: {ctx.state['eval_batch_note']}")
     started = time.perf_counter()
     stopper = _callback(trainer, "StopOnSignal")
     finished = False
@@ -120,6 +135,11 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         )
     train_metrics = clean_metrics(dict(result.metrics))
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
+    for key in ("trainable_params", "total_params"):
+        train_metrics[key] = ctx.state.get(key)
+    memory = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StepMemory"), None)
+    if memory is not None:
+        train_metrics.update(memory.metrics())
 
     metrics: dict[str, Any] = {"train": train_metrics}
     records: list[dict] = []
@@ -131,7 +151,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         test_metrics, records = task.predict(ctx, trainer, raw["test"], processed["test"])
         metrics["test"] = clean_metrics({k.replace("eval_", "test_", 1): v for k, v in test_metrics.items()})
 
-    trainer.save_model(str(output_dir))
+    save_adapted(ctx, trainer, output_dir)  # adapters: also merged, per peft.merge
     if state.is_main_process:
         task.save_extras(ctx, output_dir)
         cfg.save(output_dir)
@@ -162,6 +182,23 @@ def _callback(trainer: Any, name: str) -> Any:
     return next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == name)
 
 
+def performance_line(cfg: RunConfig, resolved: dict) -> str:
+    """What the run will use: precision (auto resolved), attention, compile, optimizer."""
+    from llmtune.hardware import machine
+
+    t = cfg.train
+    parts = [
+        f"precision {resolved['precision']}" + (" (auto)" if t.precision == "auto" else ""),
+        f"attention {cfg.model.attn_implementation or 'sdpa (default)'}",
+        f"optimizer {resolved['optim']}",
+    ]
+    if resolved["compile"]:
+        parts.append(f"torch.compile ({t.compile_mode or 'default'})")
+    if t.liger_kernel:
+        parts.append("Liger kernels")
+    return f"llmtune: {machine()}: " + ", ".join(parts)
+
+
 def precheck_train(cfg: RunConfig) -> None:
     """Cheap checks worth doing before launching workers: output dir and --resume."""
     from llmtune.checkpoint import resolve_resume
@@ -169,6 +206,7 @@ def precheck_train(cfg: RunConfig) -> None:
     output_dir = default_output_dir(cfg)
     check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     resolve_resume(cfg.train.resume, output_dir)
+    check_runtime(cfg)
 
 
 def prepare_hub_access_for(cfg: RunConfig) -> None:
@@ -201,9 +239,14 @@ def run_eval(
 
     if split:
         cfg.data.eval_split = split
+    from llmtune import hardware
+
     ctx = RunContext(cfg=cfg, training=False, model_path=model_path)
+    ctx.state["performance"] = hardware.preflight(cfg)
     ctx.tokenizer = task.load_tokenizer(ctx)
     ctx.model = task.load_trained_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     with state.main_process_first():
         raw = task.load_data(ctx)
         if "validation" not in raw:
@@ -218,10 +261,17 @@ def run_eval(
     cfg.train.load_best_model_at_end = False
     cfg.train.report_to = ["none"]  # scoring only: no experiment tracking
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
+    method = task.eval_note(ctx)
+    for line in (method, ctx.state.get("eval_batch_note")):
+        if line:
+            echo(f"llmtune: {line}")
     metrics, records = task.predict(ctx, trainer, raw["validation"], processed["validation"])
     metrics = clean_metrics(metrics)
     if state.is_main_process:
-        write_json(output_dir / METRICS_FILE, {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset})
+        summary = {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset}
+        if method:
+            summary["method"] = method
+        write_json(output_dir / METRICS_FILE, summary)
         write_jsonl(output_dir / PREDICTIONS_FILE, records)
         cfg.save(output_dir)
     state.wait_for_everyone()

@@ -35,6 +35,8 @@ def llmtune_trainer(base: type) -> type:
 
     class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
         length_group_batches = 4  # train.group_by_length_batches
+        # The task's eval step (Task.eval_step): reduces each batch to what metrics need.
+        eval_step: Any = None
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -88,6 +90,30 @@ def llmtune_trainer(base: type) -> type:
             finally:
                 self._window_paused += time.perf_counter() - started
 
+        eval_data_collator = None  # the eval loop's collator when it differs from training's
+
+        def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, **kwargs):
+            if is_training or self.eval_data_collator is None:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+            try:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            finally:
+                self.data_collator = train_collator
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            if self.eval_step is None:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            import torch
+
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, predictions, labels = self.eval_step(model, inputs)
+            loss = loss.detach() if loss is not None else None
+            if prediction_loss_only:
+                return loss, None, None
+            return loss, predictions, labels
+
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
                 return None
@@ -97,7 +123,12 @@ def llmtune_trainer(base: type) -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
-            if "length" in getattr(dataset, "column_names", []):
+            # The Trainer drops columns the model does not take (``length`` among them) before asking
+            # for a sampler; the rows are the same, so read lengths from the full training set.
+            full = self.train_dataset if len(self.train_dataset or []) == len(dataset) else dataset
+            if "length" in getattr(full, "column_names", []):
+                lengths = list(full["length"])
+            elif "length" in getattr(dataset, "column_names", []):
                 lengths = list(dataset["length"])
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
@@ -220,6 +251,8 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
 
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+    from llmtune import hardware
+
     t = cfg.train
     eval_strategy = t.eval_strategy if has_eval else "no"
     metric = t.metric_for_best_model or task.main_metric
@@ -247,16 +280,14 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         greater_is_better=greater,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=t.dataloader_num_workers,
-        dataloader_pin_memory=_has_accelerator(),
         report_to=[r for r in t.report_to if r != "none"] or "none",
         disable_tqdm=True,  # llmtune.progress draws the run
         remove_unused_columns=True,
         save_safetensors=True,
     )
+    # precision, TF32, torch.compile, optimizer, Liger, dataloader workers (checked in preflight)
+    kwargs.update(hardware.training_kwargs(cfg, ctx.state.get("performance")))
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     if t.group_by_length and not cfg.data.streaming:
         if "train_sampling_strategy" in fields:
@@ -271,32 +302,32 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
     return cls(**{k: v for k, v in kwargs.items() if k in allowed})
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:
     from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
 
-    from llmtune.checkpoint import fault_injection_callback, stop_on_signal_callback
+    from llmtune.checkpoint import fault_injection_callback, skip_final_checkpoint_callback, stop_on_signal_callback
+    from llmtune.memory import step_memory_callback
     from llmtune.outputs import run_files_callback
     from llmtune.progress import progress_callback
 
     cfg = ctx.cfg
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
     title = f"{Path(output_dir).name}: {cfg.task}, {cfg.model.name_or_path or cfg.model.config}"
+    stopper = stop_on_signal_callback()
+    keep_final = cfg.train.save_final_checkpoint or bool(args.load_best_model_at_end)
     callbacks = [
-        stop_on_signal_callback(),
+        stopper,
+        skip_final_checkpoint_callback(stopper, keep_final),
         fault_injection_callback(),
         progress_callback(cfg.train.progress, args.metric_for_best_model, args.greater_is_better),
         run_files_callback(output_dir, title, args.metric_for_best_model, args.greater_is_better),
     ]
+    if ctx.training:
+        callbacks.append(step_memory_callback())
     if cfg.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
-    cls = llmtune_trainer(base)
+    cls = task.trainer_class(ctx, llmtune_trainer(base))
     trainer = cls(
         model=ctx.model,
         args=args,
@@ -309,9 +340,11 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # the raw dicts; llmtune.progress shows the run instead
+    trainer.eval_step = task.eval_step(ctx)
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer
 
 

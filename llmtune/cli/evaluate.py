@@ -25,7 +25,12 @@ def eval_cmd(
         Optional[str], typer.Option("--split", help="Split to score (default: validation, else test).")
     ] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size.")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", help="Evaluation batch size (default: sized to the model's vocabulary for LMs)."),
+    ] = None,
+    gguf_file: c.GgufFile = None,
+    trust_remote_code: c.TrustRemoteCode = False,
     quiet: c.Quiet = False,
     sets: c.Sets = None,
 ) -> None:
@@ -55,6 +60,8 @@ def eval_cmd(
         "train.output_dir": output_dir,
         "train.eval_batch_size": batch_size,
         "train.progress": "quiet" if quiet else None,
+        "model.gguf_file": gguf_file,
+        "model.trust_remote_code": True if trust_remote_code else None,
     }.items():
         if value is not None:
             apply_override(tree, key, value)

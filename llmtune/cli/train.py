@@ -21,7 +21,12 @@ def resolve_and_run(
 
     cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags)
     if dry_run:
+        from llmtune.recipes import recipe_defaults_note
+
         typer.echo(cfg.to_yaml().rstrip())
+        note = recipe_defaults_note(cfg)
+        if note:
+            typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
         return
     if launch is not None:
         from llmtune.launch import check_options, relaunch
@@ -55,7 +60,9 @@ def finetune(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
     quiet: c.Quiet = False,
+    gguf_file: c.GgufFile = None,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -65,8 +72,9 @@ def finetune(
         task = "sentiment"
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, quiet,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
+    flags["model.gguf_file"] = gguf_file
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
 
@@ -106,6 +114,7 @@ def pretrain(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
     quiet: c.Quiet = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
@@ -126,7 +135,7 @@ def pretrain(
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, quiet,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     flags.update(
         {
