@@ -541,10 +541,14 @@ class Target:
     checkpointing: bool
     tokens: float | None
     notes: list[str] = field(default_factory=list)
+    lora_r: int | None = None
+    lora_targets: list[str] | None = None
 
 
 def _precision(value: str) -> str:
     value = value.strip().lower()
+    if value == "auto":  # train.precision auto: bf16 mixed precision on a GPU that has it
+        return "mixed"
     if value == "auto":  # train.precision auto: bf16 mixed precision on the GPUs estimate plans for
         return "mixed"
     if value not in PRECISIONS:
@@ -637,6 +641,9 @@ def resolve(req: Request) -> Target:
                 )
         label = f"recipe {req.recipe}: {model or model_config}"
         config = load_model_config(model, model_config, cfg.model.trust_remote_code, vocab)
+        if req.lora_r is None and cfg.peft.method in ("lora", "dora"):  # the recipe's adapters
+            req = replace(req, lora_r=cfg.peft.r, lora_targets=_peft_targets(cfg.peft.target_modules, config))
+            notes.append(f"adapters: the recipe's peft section ({cfg.peft.method}, r={cfg.peft.r})")
     elif req.model or req.model_config:
         config = load_model_config(req.model, req.model_config, req.trust_remote_code, vocab)
         label = req.model or req.model_config or ""
@@ -660,7 +667,23 @@ def resolve(req: Request) -> Target:
         checkpointing=bool(ckpt),
         tokens=tokens,
         notes=notes,
+        lora_r=req.lora_r,
+        lora_targets=req.lora_targets,
     )
+
+
+def _peft_targets(targets: list[str] | None, config: Any) -> list[str] | None:
+    """The module names a peft section adapts (None: every linear layer but the output layer)."""
+    if targets and "all-linear" not in targets:
+        return list(targets)
+    if targets is None:  # peft's default for the architecture, when peft knows it
+        try:
+            from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+        except ImportError:
+            return None
+        found = defaults.get(getattr(config, "model_type", ""))
+        return list(found) if found else None
+    return None
 
 
 def _gib(value: float) -> str:
@@ -709,6 +732,7 @@ def run_estimate(req: Request) -> str:
         _positive(req.gpu_hours, "--gpu-hours")
         return "\n".join(budget_text(req, gpu))
     target = resolve(req)
+    req = replace(req, lora_r=target.lora_r, lora_targets=target.lora_targets)
     arch = arch_from_config(target.config)
     model = meta_model(target.config, target.auto_class, req.trust_remote_code)
     params = count_parameters(model)
