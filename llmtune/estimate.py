@@ -234,7 +234,7 @@ def lora_parameters(model: Any, r: int, targets: list[str] | None = None) -> int
     but the output layer, as peft's ``target_modules="all-linear"``.
     """
     _positive(r, "--lora-r")
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _embeddings(model)[1]
     skip = {name for name, module in model.named_modules() if output is not None and module is output}
     total = 0
     for name, fan_in, fan_out in _linear_shapes(model):
@@ -249,6 +249,17 @@ def lora_parameters(model: Any, r: int, targets: list[str] | None = None) -> int
     return total
 
 
+def _embeddings(model: Any) -> tuple[Any, Any]:
+    """(input embeddings, output layer), None where the model has none (audio models raise)."""
+    found = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            found.append(getattr(model, getter)() if hasattr(model, getter) else None)
+        except (NotImplementedError, AttributeError):
+            found.append(None)
+    return found[0], found[1]
+
+
 def _is_head(model: Any, name: str) -> bool:
     """Whether a module belongs to the task head (outside the base model: classifier, qa_outputs...)."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -261,8 +272,7 @@ def count_parameters(model: Any, lora_r: int | None = None, lora_targets: list[s
     when ``train_head`` (classification-type tasks: peft's ``modules_to_save``)."""
     total = sum(p.numel() for p in model.parameters())
     embedding = 0
-    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inputs, outputs = _embeddings(model)
     tied = inputs is not None and outputs is not None and getattr(outputs, "weight", None) is inputs.weight
     for name, module in model.named_modules():
         if type(module).__name__ == "Embedding" or name.endswith(("wpe", "position_embeddings", "embed_positions")):
@@ -649,6 +659,11 @@ def resolve(req: Request) -> Target:
         label = req.model or req.model_config or ""
     else:
         raise LlmtuneError("nothing to estimate: pass --model, --model-config or --recipe (or --gpu-hours alone)")
+    if hasattr(config, "vocab_size") and config.vocab_size is None:
+        raise LlmtuneError(
+            f"the '{config.model_type}' config has no vocabulary size (it comes from the data, e.g. CTC characters): "
+            "pass --vocab-size N"
+        )
     auto_class, lm_head, train_head = _class_for(config, task_name)
     return Target(
         config=config,
