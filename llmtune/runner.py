@@ -12,11 +12,12 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from llmtune.config import CONFIG_FILENAME, RunConfig
-from llmtune.console import echo, metrics_table, quiet_libraries
+from llmtune.console import echo, metrics_table, quiet_libraries, warn
 from llmtune.errors import LlmtuneError
 from llmtune.outputs import (
     METRICS_FILE,
@@ -25,6 +26,7 @@ from llmtune.outputs import (
     check_output_dir,
     clean_metrics,
     default_output_dir,
+    removed_on_failure,
     write_json,
     write_jsonl,
     write_model_card,
@@ -45,15 +47,24 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     cfg.train.output_dir = str(output_dir)
     prepare_hub_access_for(cfg)
 
-    from transformers import set_seed
-
-    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+    from llmtune.checkpoint import latest_checkpoint
     from llmtune.launch import distributed_state
 
     state = distributed_state()
     if state.is_main_process:
         check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     state.wait_for_everyone()
+    # A folder this run creates goes again if the run fails before a checkpoint is saved in it.
+    guard = removed_on_failure(output_dir, keep=latest_checkpoint) if state.is_main_process else nullcontext()
+    with guard:
+        return _train(cfg, task, output_dir, state, command, debug)
+
+
+def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str | None, debug: bool) -> dict:
+    from transformers import set_seed
+
+    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+
     resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     echo("llmtune: resolved config\n" + cfg.to_yaml())
@@ -70,8 +81,11 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         processed = task.prepare(ctx, raw)
     if "train" not in processed:
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
+    check_train_size(ctx, processed["train"], state.num_processes)
     ctx.model = task.build_model(ctx)
     task.finalize_model(ctx, ctx.model)
+    for message in ctx.warnings:  # every input loaded: the run starts
+        warn(message)
     has_eval = "validation" in processed
 
     if state.is_main_process:
@@ -132,6 +146,25 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     return metrics
 
 
+def check_train_size(ctx: RunContext, train: Any, processes: int) -> None:
+    """Fewer training rows (examples, packed blocks) than processes: refused (a process would only
+    see copies of other processes' rows); fewer than one global batch: warned."""
+    if not hasattr(train, "__len__"):
+        return  # a stream
+    n, t = len(train), ctx.cfg.train
+    if n < processes:
+        raise LlmtuneError(
+            f"the training split has {n} row(s) after preprocessing for {processes} processes: each process needs "
+            f"at least one; add data or use fewer processes"
+        )
+    batch = t.batch_size * t.gradient_accumulation_steps * processes
+    if n < batch:
+        ctx.warnings.append(
+            f"the training split has {n} row(s) after preprocessing, fewer than one batch ({batch}): every step "
+            f"sees the whole split (lower --batch-size, or add data)"
+        )
+
+
 def precheck_train(cfg: RunConfig) -> None:
     """Cheap checks worth doing before launching workers: output dir and --resume."""
     from llmtune.checkpoint import resolve_resume
@@ -158,14 +191,22 @@ def run_eval(
     output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else Path(model_path) / "eval"
     prepare_hub_access_for(cfg)
 
-    from transformers import set_seed
-
     from llmtune.launch import distributed_state
 
     state = distributed_state()
     if state.is_main_process:
         check_output_dir(output_dir, overwrite=True)
     state.wait_for_everyone()
+    # MODEL/eval (or --output-dir) is created by the Trainer; a failed eval leaves none behind.
+    with removed_on_failure(output_dir) if state.is_main_process else nullcontext():
+        return _evaluate(cfg, task, model_path, output_dir, split, state, debug)
+
+
+def _evaluate(
+    cfg: RunConfig, task: Any, model_path: str, output_dir: Path, split: str | None, state: Any, debug: bool
+) -> dict:
+    from transformers import set_seed
+
     quiet_libraries(debug)
     set_seed(cfg.train.seed)
 
@@ -184,6 +225,8 @@ def run_eval(
             else:
                 raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no split to evaluate; pass --split")
         processed = task.prepare(ctx, {"validation": raw["validation"]})
+    for message in ctx.warnings:
+        warn(message)
     cfg.train.output_dir = str(output_dir)
     cfg.train.load_best_model_at_end = False
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)

@@ -25,15 +25,18 @@ def eval_cmd(
         Optional[str], typer.Option("--split", help="Split to score (default: validation, else test).")
     ] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size (>= 1).")] = None,
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
-    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides, read_yaml
-    from llmtune.modeling import model_location
+    from llmtune.config import CONFIG_FILENAME, build_config, file_origins, merge_overrides, read_yaml
+    from llmtune.modeling import check_folder, model_location
 
     model = model_location(model)  # a missing folder fails here, naming --model
+    # A folder that is not a model (empty, a data folder) says so before anything else.
+    check_folder(model, model, ("config",))
     tree: dict[str, Any] = {}
+    origins: dict[str, tuple[str, str]] = {}
     saved = Path(model) / CONFIG_FILENAME
     if saved.is_file():
         # Reuse how the model was trained (columns, max length, task options).
@@ -41,24 +44,20 @@ def eval_cmd(
         tree = {k: old[k] for k in ("task", "data", "options") if k in old}
         for key in ("dataset", "config_name", "eval_split", "test_split", "max_train_samples", "max_eval_samples"):
             tree.get("data", {}).pop(key, None)
+        origins = file_origins(tree, str(saved))
     if task is not None:
         if tree.get("task") and tree["task"] != task:
             tree.pop("options", None)
         tree["task"] = task
+        origins["task"] = ("flag", "--task")
     if "task" not in tree:
-        c.fail(f"cannot tell which task {model} was trained for: pass --task")
-    for key, value in parse_set_overrides(sets):
-        apply_override(tree, key, value)
-    for key, value in {
-        "data.dataset": dataset,
-        "train.output_dir": output_dir,
-        "train.eval_batch_size": batch_size,
-    }.items():
-        if value is not None:
-            apply_override(tree, key, value)
+        c.fail(f"cannot tell which task {model} was trained for (it has no {CONFIG_FILENAME}): pass --task")
+    flags = {"data.dataset": dataset, "train.output_dir": output_dir, "train.eval_batch_size": batch_size}
+    names = {"data.dataset": "--dataset", "train.output_dir": "--output-dir", "train.eval_batch_size": "--batch-size"}
+    merge_overrides(tree, origins, sets, flags, names)
     if not tree.get("data", {}).get("dataset"):
         c.fail("no dataset to evaluate on: pass --dataset")
-    cfg = build_config(tree, source=str(saved) if saved.is_file() else None)
+    cfg = build_config(tree, source=str(saved) if saved.is_file() else None, origins=origins)
     from llmtune.runner import run_eval
 
     run_eval(cfg, model, split, debug=c.debug_enabled())

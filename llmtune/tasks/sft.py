@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, tokenize_split
+from llmtune.config import bounded
+from llmtune.errors import LlmtuneError, one_line
+from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
 INPUT_COLUMNS = ("input", "context")
@@ -77,14 +78,14 @@ class SFTOptions:
     # Padding-free packing of each batch (no cross-example attention; see the module doc).
     packing: bool = False
     # Validation prompts whose greedy generations are exported, and their length limit.
-    num_samples: int = 16
-    max_new_tokens: int = 128
+    num_samples: int = bounded(16, ge=0)
+    max_new_tokens: int = bounded(128, ge=1)
     # LoRA (pip install 'llmtune[peft]'): rank, scaling alpha, dropout and the module names to
     # adapt (None = peft's default for the architecture; [all-linear] = every linear layer).
     lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = bounded(16, ge=1)
+    lora_alpha: int = bounded(32, gt=0)
+    lora_dropout: float = bounded(0.05, ge=0, lt=1)
     lora_target_modules: list[str] | None = None
     # Save the base model with the adapters merged in (plus adapter/); false = adapters only.
     merge_lora: bool = True
@@ -106,22 +107,11 @@ class SFTTask(Task):
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
-        if o.num_samples < 0:
-            p.append(f"options.num_samples must be >= 0, got {o.num_samples}")
-        if o.max_new_tokens < 1:
-            p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
         tpl = o.chat_template
         if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
             p.append(
                 f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
             )
-        if o.lora:
-            if o.lora_r < 1:
-                p.append(f"options.lora_r must be >= 1, got {o.lora_r}")
-            if o.lora_alpha <= 0:
-                p.append(f"options.lora_alpha must be > 0, got {o.lora_alpha}")
-            if not 0 <= o.lora_dropout < 1:
-                p.append(f"options.lora_dropout must be in [0, 1), got {o.lora_dropout}")
         if o.messages_column and (o.prompt_column or o.response_column):
             p.append("set options.messages_column or options.prompt_column/response_column, not both")
         for key in ("text_column", "text_pair_column", "label_column"):
@@ -204,6 +194,9 @@ class SFTTask(Task):
 
         out = {}
         for split, ds in raw.items():
+            layout = ctx.columns
+            require_content(ds, layout.get("response"), split, "response", "options.response_column")
+            require_content(ds, layout.get("messages"), split, "messages", "options.messages_column")
             encoded = tokenize_split(ctx, ds, split, encode)
             # Rows whose answers were truncated away teach nothing (and would divide by zero).
             out[split] = encoded.filter(
@@ -257,7 +250,7 @@ class SFTTask(Task):
         try:
             model = get_peft_model(model, config)
         except ValueError as exc:
-            text = str(exc).strip().splitlines()[0]
+            text = one_line(exc)
             raise LlmtuneError(
                 f"LoRA cannot wrap {type(model).__name__}: {text}; set options.lora_target_modules "
                 f"(e.g. [q_proj, v_proj] or [all-linear])"
@@ -443,7 +436,7 @@ def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = F
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja2 TemplateError (e.g. "roles must alternate") and friends
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = one_line(exc) if str(exc).strip() else type(exc).__name__
         roles = "/".join(m["role"] for m in messages)
         raise LlmtuneError(
             f"the chat template cannot render a conversation with roles {roles or '(none)'}: {text}; "
