@@ -43,7 +43,6 @@ TINY = {
     **dict.fromkeys(("intermediate_size", "d_ff", "encoder_ffn_dim", "decoder_ffn_dim", "hidden_dim", "n_inner"), 64),
     "d_kv": 16,
     "head_dim": 16,
-    "vocab_size": 128,
 }
 OFFLINE_RUN = ["--max-steps", "2", "--set", "data.max_train_samples=64", "--set", "data.max_eval_samples=8"]
 

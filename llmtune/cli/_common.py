@@ -8,6 +8,7 @@ torch-free: ``llmtune --help`` must be instant.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
@@ -40,6 +41,10 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not state["debug"]:
+            # Libraries that warn while being imported (before quiet_libraries can run): bitsandbytes,
+            # pulled in by transformers/peft, logs a missing optional kernel on every CPU run.
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
