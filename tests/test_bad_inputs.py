@@ -341,6 +341,14 @@ def make_cases():
         args = ["pretrain", "--objective", "mlm", "--model", m, "--dataset", good_csv(d), "--block-size", "4"]
         return c(args, full=True)
 
+    @add("launch-zero-machines", "--num-machines must be >= 1, got 0")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--num-machines", "0"])
+
+    @add("launch-port-out-of-range", "--main-process-port must be a port number")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--num-processes", "2", "--main-process-port", "70000"])
+
     @add("tokenizer-min-frequency-zero", "--min-frequency must be >= 1, got 0")
     def _(d, m):
         return c(["tokenizer", "train", "-d", good_csv(d), "-o", d / "tok", "--min-frequency", "0"], full=True)
