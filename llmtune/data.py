@@ -255,6 +255,10 @@ def arrange_splits(raw: Any, data: DataArgs, seed: int, carve_validation: bool, 
     from datasets import DatasetDict, IterableDatasetDict
 
     available = list(raw.keys())
+    if carve_validation and data.train_split not in raw:  # training: the train split must exist
+        raise LlmtuneError(
+            f"dataset '{source}' has no split '{data.train_split}' (data.train_split); splits: {', '.join(available)}"
+        )
     out: dict[str, Any] = {}
     if data.train_split in raw:
         out["train"] = raw[data.train_split]

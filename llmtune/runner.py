@@ -100,6 +100,10 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     stopper = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnSignal")
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyError as exc:  # found by the Trainer at the first evaluation
+        if "metric_for_best_model" not in str(exc):
+            raise
+        raise LlmtuneError(unknown_metric_message(cfg, str(exc))) from exc
     finally:
         stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
     if state.is_main_process:
@@ -144,6 +148,19 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         echo("\n" + metrics_table("held-out metrics (test split)", task.headline(metrics["test"])))
     echo(f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}")
     return metrics
+
+
+def unknown_metric_message(cfg: RunConfig, text: str) -> str:
+    import re
+
+    match = re.search(r"available evaluation metrics are: \[(.*?)\]", text)
+    found = re.findall(r"'eval_(\w+)'", match.group(1)) if match else []
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    shown = ", ".join(m for m in found if not m.endswith(skip)) or "(none)"
+    return (
+        f"train.metric_for_best_model {cfg.train.metric_for_best_model!r} is not a metric task {cfg.task} reports; "
+        f"pick one of: {shown}"
+    )
 
 
 def check_train_size(ctx: RunContext, train: Any, processes: int) -> None:

@@ -341,6 +341,20 @@ def make_cases():
         args = ["pretrain", "--objective", "mlm", "--model", m, "--dataset", good_csv(d), "--block-size", "4"]
         return c(args, full=True)
 
+    @add("unknown-train-split", "no split 'training2' (data.train_split)")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--set", "data.train_split=training2"])
+
+    @add("unknown-best-metric", ("train.metric_for_best_model 'accuracy2' is not a metric", "accuracy"))
+    def _(d, m):
+        steps = ["--set", "train.eval_strategy=steps", "--set", "train.eval_steps=1"]
+        steps += ["--set", "data.validation_split=0.5"]  # both classes in validation: no warning line
+        return c(
+            ["--dataset", good_csv(d), "--set", "train.metric_for_best_model=accuracy2", *steps, "-o", d / "run"],
+            prev=False,
+            absent=(d / "run",),
+        )
+
     @add("launch-zero-machines", "--num-machines must be >= 1, got 0")
     def _(d, m):
         return c(["--dataset", good_csv(d), "--num-machines", "0"])
