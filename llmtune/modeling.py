@@ -257,10 +257,16 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         raise _hub_error("model", ctx.model_path, exc) from exc
     except ValueError as exc:
         raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {one_line(exc)}") from exc
-    except Exception as exc:
-        if type(exc).__name__ != "SafetensorError":
+    except Exception as exc:  # SafetensorError, torch.load's unpickling errors on a cut .bin, ...
+        unreadable = type(exc).__name__ in ("SafetensorError", "UnpicklingError", "BadZipFile", "EOFError") or (
+            isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc)
+        )
+        if not unreadable:
             raise
-        raise LlmtuneError(f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; {FIX}") from exc
+        raise LlmtuneError(
+            f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is corrupt "
+            f"or partial, {FIX}"
+        ) from exc
 
 
 def drop_gguf_quantizer(model: Any) -> None:
