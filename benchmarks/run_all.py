@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_sentiment.py", "bench_streaming.py", "bench_pretrain.py"]
+SCRIPTS = [
+    "bench_sentiment.py",
+    "bench_streaming.py",
+    "bench_pretrain.py",
+    "bench_estimate.py",
+    "bench_eval_memory.py",
+    "bench_dpo.py",
+    "bench_inference.py",
+    "bench_sft_samsum.py",
+]
 
 
 def main() -> int:

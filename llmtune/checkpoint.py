@@ -319,3 +319,30 @@ def fault_injection_callback() -> Any:
             return control
 
     return FaultInjection()
+
+
+def skip_final_checkpoint_callback(stopper: Any, keep: bool) -> Any:
+    """A ``TrainerCallback`` that drops the checkpoint Trainer writes when training completes.
+
+    Trainer saves at the end of training (``max_steps`` reached, or the epoch that holds it ends)
+    whatever the save schedule. A completed run needs no checkpoint (full optimizer state,
+    several times the model's size) next to its saved model: checkpoints exist to resume a run
+    that stopped. Kept when ``keep`` (``train.save_final_checkpoint``, or best-model selection,
+    which may pick the last evaluation's checkpoint) or when a signal stopped the run.
+    """
+    from transformers import TrainerCallback
+
+    class SkipFinalCheckpoint(TrainerCallback):
+        def _drop(self, state: Any, control: Any) -> None:
+            if not keep and state.global_step >= state.max_steps and not stopper.stopped:
+                control.should_save = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._drop(state, control)
+            return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._drop(state, control)
+            return control
+
+    return SkipFinalCheckpoint()

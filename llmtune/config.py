@@ -10,6 +10,7 @@ This module must stay importable without torch/transformers (``recipes validate`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -137,6 +138,9 @@ class ModelArgs:
     # Name of a GGUF file inside ``name_or_path`` (de-quantized on load).
     gguf_file: str | None = None
     trust_remote_code: bool = False
+    # Attention kernel: sdpa | flash_attention_2 | flex_attention | eager; None = sdpa (eager for
+    # the few architectures without it). Refused in one line where the model or machine lacks it.
+    attn_implementation: str | None = None
 
 
 @dataclass
@@ -184,24 +188,86 @@ class TrainArgs:
     eval_strategy: str = choice("epoch", "epoch", "steps", "no")
     eval_steps: int | None = bounded(None, ge=1)
     save_total_limit: int | None = bounded(2, ge=1)
+    # Keep a checkpoint (weights + optimizer state) of the last step of a completed run, e.g. to
+    # extend the run later with --resume. Off: the saved model is the result; checkpoints are
+    # written at save points during training and when a signal stops the run.
+    save_final_checkpoint: bool = False
     load_best_model_at_end: bool = True
     # None = the task's main metric.
     metric_for_best_model: str | None = None
     early_stopping_patience: int | None = bounded(None, ge=1)
     logging_steps: int = bounded(50, ge=1)
-    precision: str = choice("fp32", "fp32", "bf16", "fp16")
+    # auto | fp32 | bf16 | fp16. auto = bf16 mixed precision on GPUs that have it (fp16 on older
+    # CUDA GPUs), fp32 on CPU; TF32 matmuls are switched on on Ampere and newer GPUs.
+    precision: str = "auto"
     gradient_checkpointing: bool = False
+    # torch.compile the model (TrainingArguments.torch_compile); refused in one line where the
+    # platform cannot compile, unless compile_fallback (then the run continues uncompiled).
+    compile: bool = False
+    # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs (None = default).
+    compile_mode: str | None = None
+    compile_fallback: bool = False
+    # Optimizer: auto (fused AdamW, the transformers default: CUDA and CPU kernels), adamw_torch,
+    # adamw_torch_fused, adamw_8bit (bitsandbytes, CUDA only), adafactor, sgd.
+    optim: str = "auto"
+    # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
+    # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
+    liger_kernel: bool = False
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
     group_by_length_batches: int = bounded(4, ge=1)
     dataloader_num_workers: int = bounded(0, ge=0)
+    # Page-locked host batches for faster host-to-GPU copies; None = on when a CUDA GPU is used.
+    dataloader_pin_memory: bool | None = None
+    # Batches each worker prepares ahead (needs dataloader_num_workers > 0; None = torch's 2).
+    dataloader_prefetch_factor: int | None = bounded(None, ge=1)
+    # Keep workers alive between epochs/evaluations (needs dataloader_num_workers > 0).
+    dataloader_persistent_workers: bool = False
     overwrite: bool = False
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
     # fresh start when there is none) or a checkpoint folder. Set with --resume.
     resume: str | None = None
-    # none, all, or integrations separated by commas (tensorboard, wandb, mlflow, ...)
-    report_to: str = "none"
+    # Experiment trackers the Trainer logs to (its integrations): tensorboard (event files in
+    # OUTPUT_DIR/runs), wandb, mlflow, trackio, ... when installed; [none] for no tracker.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Terminal display: auto (live progress line on a terminal, plain lines otherwise), plain, or
+    # quiet (--quiet: only the final metrics and errors).
+    progress: str = "auto"
+
+
+@dataclass
+class PeftArgs:
+    """Parameter-efficient fine-tuning through ``peft`` (see :mod:`llmtune.adapters`)."""
+
+    # none (full fine-tuning) | lora | dora (weight-decomposed LoRA) | ia3
+    method: str = "none"
+    # LoRA/DoRA rank, scaling alpha and dropout (IA3 has none of these).
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names to adapt: None = peft's default for the architecture; [all-linear] = every
+    # linear layer except the output layer.
+    target_modules: list[str] | None = None
+    # Modules trained in full and saved with the adapters: None = the task's head (classifier,
+    # score, qa_outputs...); [] = none.
+    modules_to_save: list[str] | None = None
+    # Save the model with the adapters merged in (plus adapter/); false = adapters only.
+    merge: bool = True
+    # QLoRA: 4-bit NF4 base weights (bitsandbytes, double quantisation, bf16 compute); CUDA only.
+    load_in_4bit: bool = False
+
+
+PEFT_METHODS = ("none", "lora", "dora", "ia3")
+# sft's old LoRA options, now the shared peft section: refused with a pointer to the new key.
+MOVED_KEYS = {
+    "options.lora": "peft.method (e.g. --set peft.method=lora, or --lora)",
+    "options.lora_r": "peft.r",
+    "options.lora_alpha": "peft.alpha",
+    "options.lora_dropout": "peft.dropout",
+    "options.lora_target_modules": "peft.target_modules",
+    "options.merge_lora": "peft.merge",
+}
 
 
 @dataclass
@@ -211,8 +277,13 @@ class RunConfig:
     model: ModelArgs = field(default_factory=ModelArgs)
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    peft: PeftArgs = field(default_factory=PeftArgs)
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
+    # Not saved: values the task's default recipe set when no --recipe was given (printed once
+    # at the start of a run), and that recipe's file name.
+    recipe_defaults: typing.ClassVar[dict] = {}
+    recipe_source: typing.ClassVar[str] = ""
 
     def to_dict(self) -> dict:
         out = {}
@@ -254,8 +325,14 @@ FLAG_NAMES = {
     "options.block_size": "--block-size",
 }
 
-SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs}
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "options")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
+
+SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +564,13 @@ def build_config(
     for name, cls in SECTIONS.items():
         setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems, ranges))
     if task is not None:
-        cfg.options = build_dataclass(task.Options, tree.get("options"), "options", problems, ranges)
+        options = tree.get("options")
+        if isinstance(options, dict):
+            known = {f.name for f in dataclasses.fields(task.Options)}
+            for key in [k for k in options if f"options.{k}" in MOVED_KEYS and k not in known]:
+                problems.append(f"options.{key} moved to the peft section: use {MOVED_KEYS[f'options.{key}']}")
+            options = {k: v for k, v in options.items() if not (f"options.{k}" in MOVED_KEYS and k not in known)}
+        cfg.options = build_dataclass(task.Options, options, "options", problems, ranges)
         task.apply_defaults(cfg, tree)
     if problems:
         raise ConfigError(problems + ranges, source, origins)
@@ -511,22 +594,75 @@ def validate_config(
     t, d = cfg.train, cfg.data
     if t.eval_strategy == "steps" and not t.eval_steps:
         p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
+    if t.precision not in PRECISIONS:
+        p.append(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    if cfg.model.attn_implementation is not None and cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        p.append(
+            f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+            f"got {cfg.model.attn_implementation!r}"
+        )
+    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
+        p.append(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
+    if (t.compile_mode is not None or t.compile_fallback) and not t.compile:
+        p.append("train.compile_mode / train.compile_fallback need train.compile=true")
+    if t.optim not in OPTIMIZERS:
+        p.append(f"train.optim must be one of {', '.join(OPTIMIZERS)}, got {t.optim!r}")
+    if t.dataloader_num_workers == 0 and (t.dataloader_prefetch_factor is not None or t.dataloader_persistent_workers):
+        p.append(
+            "train.dataloader_prefetch_factor / train.dataloader_persistent_workers need worker processes: "
+            "set train.dataloader_num_workers >= 1"
+        )
     if t.early_stopping_patience is not None and t.eval_strategy == "no":
         p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
+    from llmtune.progress import PROGRESS_MODES
+
+    if t.progress not in PROGRESS_MODES:
+        p.append(f"train.progress must be {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
+    if "none" in t.report_to and len(t.report_to) > 1:
+        p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
         p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
     if t.resume is not None and not str(t.resume).strip():
         p.append("train.resume (--resume) must be 'auto' or a checkpoint folder, got an empty value")
-    reporters = [r.strip() for r in str(t.report_to).split(",") if r.strip()]
-    unknown = [r for r in reporters if r not in REPORT_TO] if reporters not in (["none"], ["all"]) else []
-    if unknown or not reporters:
-        p.append(f"train.report_to must be none, all, or some of {', '.join(REPORT_TO)}; got {t.report_to!r}")
+    unknown = [r for r in t.report_to if r not in (*REPORT_TO, "none", "all")]
+    if unknown:
+        p.append(f"train.report_to: {', '.join(unknown)} unknown; integrations: none, all, {', '.join(REPORT_TO)}")
     if d.streaming and t.max_steps <= 0:
         p.append("data.streaming needs train.max_steps (--max-steps): a stream has no known length")
+    p.extend(peft_problems(cfg))
     if task is not None:
         p.extend(task.validate(cfg))
     if p:
         raise ConfigError(p, source, origins)
+
+
+def peft_problems(cfg: RunConfig) -> list[str]:
+    e, m, p = cfg.peft, cfg.model, []
+    if e.method not in PEFT_METHODS:
+        p.append(f"peft.method must be {', '.join(PEFT_METHODS)}, got {e.method!r}")
+        return p
+    if e.r < 1:
+        p.append(f"peft.r must be >= 1, got {e.r}")
+    if e.alpha <= 0:
+        p.append(f"peft.alpha must be > 0, got {e.alpha}")
+    if not 0 <= e.dropout < 1:
+        p.append(f"peft.dropout must be in [0, 1), got {e.dropout}")
+    if e.target_modules is not None and not e.target_modules:
+        p.append("peft.target_modules must name at least one module, or be null (peft's default) or [all-linear]")
+    if e.method == "none":
+        if e.load_in_4bit:
+            p.append(
+                "peft.load_in_4bit (QLoRA) trains adapters on frozen 4-bit weights: set peft.method=lora (or --lora)"
+            )
+        return p
+    if m.config and not m.name_or_path:
+        p.append(
+            f"peft.method={e.method} adapts pretrained weights, but model.config builds a random model: "
+            f"pass --model, or drop peft.method to train from scratch"
+        )
+    if e.load_in_4bit and m.gguf_file:
+        p.append("peft.load_in_4bit cannot re-quantise a GGUF model (model.gguf_file): drop one of them")
+    return p
 
 
 def load_config(
@@ -549,6 +685,7 @@ def load_config(
 
     tree: dict = {}
     source = None
+    implicit = False
     if recipe is not None:
         path = find_recipe(str(recipe))
         tree = read_yaml(path)
@@ -558,6 +695,8 @@ def load_config(
         if path is not None:
             tree = read_yaml(path)
             source = str(path)
+            implicit = True
+    recipe_tree = copy.deepcopy(tree)
     origins = file_origins(tree, source) if source else {}
     if task is not None:
         from llmtune.tasks import get_task
@@ -575,4 +714,60 @@ def load_config(
         tree["task"] = task
         origins["task"] = ("flag", task_flag)
     merge_overrides(tree, origins, sets, flags, flag_names)
-    return build_config(tree, source, validate=validate, origins=origins)
+    given = {key for key, _ in parse_set_overrides(sets)} | {k for k, v in (flags or {}).items() if v is not None}
+    skipped = {}
+    if implicit and "train.batch_size" in given and "train.gradient_accumulation_steps" not in given:
+        # The batch asked for is the batch trained with: the recipe's accumulation would multiply it.
+        accumulation = (tree.get("train") or {}).pop("gradient_accumulation_steps", None)
+        if accumulation not in (None, 1):
+            skipped["train.gradient_accumulation_steps"] = f"1 (not the recipe's {accumulation}: --batch-size given)"
+    recipe_data = recipe_tree.get("data") or {}
+    if recipe_data.get("config_name") and "data.dataset" in given and "data.config_name" not in given:
+        (tree.get("data") or {}).pop("config_name", None)  # a configuration of the recipe's dataset
+    if "description" in tree and _replaces_model_or_data(recipe_tree, tree):
+        tree.pop("description")  # it describes the recipe's model and data, not this run's
+    cfg = build_config(tree, source, validate=validate, origins=origins)
+    if implicit:
+        cfg.recipe_defaults = {**_recipe_values(recipe_tree, tree, cfg), **skipped}
+        cfg.recipe_source = Path(source).name if source else ""
+    return cfg
+
+
+#: Recipe keys that change neither cost nor results: not listed when a default recipe is used.
+_COSMETIC_KEYS = {"description", "task", "train.logging_steps", "train.save_total_limit", "train.output_dir"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted.count(".") == 0 and key != "config_overrides":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _replaces_model_or_data(recipe_tree: dict, tree: dict) -> bool:
+    before, after = _flatten(recipe_tree), _flatten(tree)
+    keys = ("model.name_or_path", "model.config", "model.gguf_file", "data.dataset", "data.config_name")
+    return any(k in before and after.get(k) != before[k] for k in keys) or any(
+        k not in before and after.get(k) is not None for k in ("model.name_or_path", "data.dataset")
+    )
+
+
+def _recipe_values(recipe_tree: dict, tree: dict, cfg: RunConfig) -> dict:
+    """The recipe's values this run kept that differ from the typed defaults (the ones worth
+    telling a user who did not pick the recipe)."""
+    defaults = {**_flatten(RunConfig().to_dict())}
+    if cfg.options is not None and dataclasses.is_dataclass(cfg.options):
+        defaults.update(_flatten({"options": dataclasses.asdict(type(cfg.options)())}))
+    final = _flatten(tree)
+    out = {}
+    for key, value in _flatten(recipe_tree).items():
+        if key in _COSMETIC_KEYS or final.get(key) != value or defaults.get(key, object()) == value:
+            continue
+        if key == "train.epochs" and cfg.train.max_steps > 0:
+            continue  # max_steps decides
+        out[key] = value
+    return out

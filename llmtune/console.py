@@ -48,6 +48,21 @@ def quiet_libraries(debug: bool) -> None:
         # CRITICAL, not ERROR: datasets logs parse failures itself before raising; we report them
         # in one line (with the file's line number) instead.
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+        import logging
+
+        # bitsandbytes (imported by peft) warns on every CPU import that its optional CPU 4-bit
+        # kernels are missing: not the user's concern (QLoRA itself is refused on CPU).
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         datasets.disable_progress_bars()
+        import logging
+
+        # bitsandbytes (pulled in by GGUF / quantized loading) warns about optional CPU kernels.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
+        # bitsandbytes (the quant extra), imported lazily by transformers, reports missing optional
+        # CPU kernels and re-registered torch ops on every import: noise for anyone not quantizing.
+        import logging
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=".*previously registered kernel.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

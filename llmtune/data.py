@@ -24,6 +24,9 @@ FORMATS: dict[str, tuple[str, dict]] = {
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
     ".txt": ("text", {}),
+    # WikiText's plain-text files (wiki.valid.tokens, wiki.test.raw)
+    ".tokens": ("text", {}),
+    ".raw": ("text", {}),
 }
 SPLIT_ALIASES = {
     "train": "train",
@@ -45,6 +48,19 @@ STREAM_VALIDATION_ROWS = 1000
 
 def _ext(path: Path) -> str:
     return path.suffix.lower()
+
+
+def is_text_data(spec: str | None) -> bool:
+    """Whether ``spec`` is a local plain-text file, or a folder of them (read by the text loader)."""
+    if not spec:
+        return False
+    path = Path(resolve_location(spec)).expanduser()
+    texts = {ext for ext, (builder, _) in FORMATS.items() if builder == "text"}
+    if path.is_file():
+        return _ext(path) in texts
+    if path.is_dir():
+        return any(_ext(p) in texts for paths in split_files(path).values() for p in paths)
+    return False
 
 
 def is_local_spec(spec: str) -> bool:
@@ -179,7 +195,10 @@ def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: s
                     raise LlmtuneError(f"dataset file {p}: {reason}")
         builder, kwargs = FORMATS[_ext(paths[0])]
         kwargs = dict(kwargs)
-        if builder == "text" and text_sample_by:
+        if builder == "text" and text_sample_by == "stream":
+            # One row per line with its line break kept: joined back, the rows are the file as is.
+            kwargs.update(sample_by="line", keep_linebreaks=True)
+        elif builder == "text" and text_sample_by:
             kwargs["sample_by"] = text_sample_by
         try:
             ds = load_dataset(
@@ -320,8 +339,10 @@ def column_names(ds: Any) -> list[str]:
 
 
 def pick_column(ds: Any, explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
-    """The column to use: the explicit one (must exist) or the first candidate present."""
-    cols = column_names(ds)
+    """The column to use: the explicit one (must exist) or the first candidate present.
+
+    ``ds`` is a dataset or a plain list of column names (rows read by ``llmtune predict``)."""
+    cols = list(ds) if isinstance(ds, (list, tuple)) else column_names(ds)
     if explicit:
         if explicit not in cols:
             raise LlmtuneError(f"{what} column '{explicit}' ({key}) not found; columns: {', '.join(cols)}")

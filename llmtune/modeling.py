@@ -165,6 +165,12 @@ def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
     text = one_line(exc) if str(exc).strip() else type(exc).__name__
     folder = Path(str(resolve_location(spec))).expanduser()
     if folder.is_dir():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        if ggufs and not (folder / "config.json").is_file() and "gguf" not in text.lower():
+            return LlmtuneError(
+                f"folder {spec} holds GGUF weights ({', '.join(ggufs)}), not a transformers model: pass "
+                f"--gguf-file {ggufs[0]} (or --set model.gguf_file={ggufs[0]})"
+            )
         # A local folder: missing or unreadable files, not the Hub.
         needs = ("tokenizer",) if what == "tokenizer" else ("config", "weights") if what == "model" else ("config",)
         problem = folder_problem(folder, needs, spec)
@@ -196,18 +202,34 @@ def model_location(spec: str | None, flag: str = "--model") -> str:
     return location
 
 
+def hub_kwargs(cfg_model: Any = None) -> dict[str, Any]:
+    """``from_pretrained`` options shared by config, tokenizer and weights: ``model.revision``,
+    ``model.gguf_file`` and ``model.trust_remote_code``. Every command that loads a model
+    (finetune, pretrain, eval, and what builds on this module) passes them the same way."""
+    if cfg_model is None:
+        return {}
+    extra: dict[str, Any] = {"trust_remote_code": bool(cfg_model.trust_remote_code)}
+    if cfg_model.revision:
+        extra["revision"] = cfg_model.revision
+    if cfg_model.gguf_file:
+        extra["gguf_file"] = cfg_model.gguf_file
+    return extra
+
+
 def load_tokenizer(spec: str, cfg_model: Any = None, **kwargs: Any) -> Any:
+    """The tokenizer of ``spec`` (a folder, Hub id or ``package:``), with ``cfg_model``'s options.
+
+    A tokenizer given separately (``model.tokenizer``) is a folder of its own: the GGUF file and
+    revision belong to the model, so they apply only when ``spec`` is the model itself.
+    """
     from transformers import AutoTokenizer
 
     location = model_location(spec)
-    extra = {}
-    if cfg_model is not None:
-        extra["trust_remote_code"] = cfg_model.trust_remote_code
-        if cfg_model.revision:
-            extra["revision"] = cfg_model.revision
-        if cfg_model.gguf_file and not cfg_model.tokenizer:
-            extra["gguf_file"] = cfg_model.gguf_file
-    check_folder(spec, location, ("tokenizer",), "--tokenizer" if cfg_model and cfg_model.tokenizer else "--model")
+    extra = hub_kwargs(cfg_model)
+    if cfg_model is not None and cfg_model.tokenizer and spec == cfg_model.tokenizer:
+        extra = {"trust_remote_code": extra["trust_remote_code"]}
+    separate = cfg_model is not None and cfg_model.tokenizer and spec == cfg_model.tokenizer
+    check_folder(spec, location, ("tokenizer",), "--tokenizer" if separate else "--model")
     try:
         return AutoTokenizer.from_pretrained(location, **extra, **kwargs)
     except Exception as exc:  # OSError, ValueError, json / tokenizers (Rust) errors on corrupt files
@@ -216,52 +238,72 @@ def load_tokenizer(spec: str, cfg_model: Any = None, **kwargs: Any) -> Any:
         raise _hub_error("tokenizer", spec, exc) from exc
 
 
+def load_config(spec: str, cfg_model: Any = None) -> Any:
+    """The ``PretrainedConfig`` of a pretrained model (a GGUF file's config too)."""
+    from transformers import AutoConfig
+
+    location = model_location(spec)
+    try:
+        return AutoConfig.from_pretrained(location, **hub_kwargs(cfg_model))
+    except (OSError, ValueError) as exc:
+        raise _hub_error("model", spec, exc) from exc
+
+
 def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
-    """Load pretrained weights with ``transformers.<auto_class>`` from ``ctx.model_path``."""
+    """Load pretrained weights with ``transformers.<auto_class>`` from ``ctx.model_path``.
+
+    The same options for every command: ``model.revision``, ``model.gguf_file`` (unpacked to
+    float32: trainable, and saved as a plain safetensors model) and ``model.trust_remote_code``.
+    ``model.config_overrides`` apply when training (they change the architecture's settings).
+    """
     import torch
     import transformers
 
+    from llmtune import adapters
+
+    location = model_location(ctx.model_path)
+    if adapters.is_adapter_folder(location):  # adapters only: the base, then the adapters on top
+        return adapters.load_trained(ctx, auto_class, location, **kwargs)
     cfg = ctx.cfg.model
     cls = getattr(transformers, auto_class)
-    extra: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "dtype": torch.float32}
-    if cfg.revision and ctx.training:
-        extra["revision"] = cfg.revision
-    if cfg.gguf_file and ctx.training:
+    extra: dict[str, Any] = {**hub_kwargs(cfg), "dtype": torch.float32}
+    quantized = adapters.quantization_kwargs(ctx)  # QLoRA: 4-bit base weights
+    extra.update(quantized)
+    if cfg.gguf_file:
         from transformers import GgufConfig
 
-        extra["gguf_file"] = cfg.gguf_file
-        # Unpack every weight to float32: trainable, and saved as a plain safetensors model.
         extra["quantization_config"] = GgufConfig(dequantize=True)
-    location = model_location(ctx.model_path)
     check_folder(ctx.model_path, location, ("config", "weights"))
     if ctx.training and cfg.config_overrides:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
-        except OSError as exc:
-            raise _hub_error("model", ctx.model_path, exc) from exc
+        config = load_config(ctx.model_path, cfg)
         apply_config_overrides(config, cfg.config_overrides)
         # With an explicit config, from_pretrained hands leftover kwargs to the model's __init__:
         # config attributes the task passes (num_labels, id2label, problem_type...) go on the config.
         for key in [k for k in kwargs if hasattr(config, k)]:
             setattr(config, key, kwargs.pop(key))
         extra["config"] = config
+    location = model_location(ctx.model_path)
     extra.update(kwargs)
     try:
         model = cls.from_pretrained(location, **extra)
-        if cfg.gguf_file and ctx.training:
+        if cfg.gguf_file:
             drop_gguf_quantizer(model)
         return model
     except OSError as exc:
         raise _hub_error("model", ctx.model_path, exc) from exc
-    except ValueError as exc:
+    except (ValueError, RuntimeError, TypeError) as exc:
+        if quantized:
+            raise adapters.quantization_error(ctx, exc) from exc
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc):
+            raise LlmtuneError(
+                f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is "
+                f"corrupt or partial, {FIX}"
+            ) from exc
+        if not isinstance(exc, ValueError):
+            raise
         raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {one_line(exc)}") from exc
     except Exception as exc:  # SafetensorError, torch.load's unpickling errors on a cut .bin, ...
-        unreadable = type(exc).__name__ in ("SafetensorError", "UnpicklingError", "BadZipFile", "EOFError") or (
-            isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc)
-        )
-        if not unreadable:
+        if type(exc).__name__ not in ("SafetensorError", "UnpicklingError", "BadZipFile", "EOFError"):
             raise
         raise LlmtuneError(
             f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is corrupt "

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,11 @@ PREDICTIONS_FILE = "predictions.jsonl"
 # Every logged training step (loss, lr, grad norm) and evaluation: trainer_state's log_history,
 # continued across resumes.
 TRAINING_LOG_FILE = "training_log.jsonl"
+# Whether the run is going, finished, stopped or failed (and the process id, so that
+# ``llmtune report`` can tell a killed run from a running one).
+RUN_STATUS_FILE = "run_status.json"
+# TensorBoard event files (``tensorboard --logdir OUTPUT_DIR/runs``), written by transformers.
+TENSORBOARD_DIR = "runs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +83,18 @@ def removed_on_failure(path: Path, keep: Any = None) -> Iterator[None]:
         raise
 
 
+def remove_run_files(output_dir: Path) -> None:
+    """--overwrite: drop the previous run's TensorBoard events, curves and status (checkpoints are
+    removed by :func:`llmtune.checkpoint.remove_checkpoints`)."""
+    import shutil
+
+    from llmtune.curves import CURVES_FILE
+
+    shutil.rmtree(Path(output_dir) / TENSORBOARD_DIR, ignore_errors=True)
+    for name in (CURVES_FILE, RUN_STATUS_FILE, TRAINING_LOG_FILE):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n", encoding="utf-8")
@@ -113,7 +132,7 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     base = cfg.model.name_or_path or cfg.model.config or "(from scratch)"
     lines = [
         "---",
-        "library_name: transformers",
+        "library_name: peft" if _adapters_only(cfg) else "library_name: transformers",
         f"pipeline_tag: {task.pipeline_tag}" if task.pipeline_tag else None,
         "tags: [llmtune]",
         "---",
@@ -130,6 +149,20 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     labels = ctx.state.get("label_names")
     if labels:
         lines.append("- **Labels:** " + ", ".join(f"`{x}`" for x in labels))
+    lines += task.card_lines(ctx)
+    peft = getattr(cfg, "peft", None)
+    if peft is not None and peft.method != "none":
+        counts = ""
+        if ctx.state.get("total_params"):
+            share = 100 * ctx.state["trainable_params"] / ctx.state["total_params"]
+            counts = f", {ctx.state['trainable_params']:,} trainable parameters ({share:.2f}%)"
+        saved = "merged into the weights (adapters in `adapter/`)" if peft.merge else "adapters only"
+        details = "" if peft.method == "ia3" else f" r {peft.r}, alpha {peft.alpha:g},"
+        lines.append(
+            f"- **Adapters:** {peft.method}{details} targets `{peft.target_modules or 'peft default'}`"
+            + (", 4-bit NF4 base (QLoRA)" if peft.load_in_4bit else "")
+            + f"{counts}; saved {saved}"
+        )
     t = cfg.train
     lines += [
         f"- **Training:** lr {t.learning_rate}, batch {t.batch_size} x {t.gradient_accumulation_steps} accumulation, "
@@ -157,3 +190,70 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
         "",
     ]
     path.write_text("\n".join(x for x in lines if x is not None), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# files written while the run trains
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def write_run_status(output_dir: Path, status: str, **extra: Any) -> None:
+    path = Path(output_dir) / RUN_STATUS_FILE
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+    data.update(status=status, pid=os.getpid(), host=socket.gethostname(), updated=time.time(), **extra)
+    data.setdefault("started", data["updated"])
+    write_json(path, data)
+
+
+def run_files_callback(output_dir: Path, title: str, main_metric: str, greater_is_better: bool) -> Any:
+    """A ``TrainerCallback`` keeping the run's files current while it trains (main process only):
+
+    - ``training_log.jsonl``: one row appended per log entry, so running and killed runs can be
+      reported (rewritten from the Trainer's history at the start: a resumed run continues the
+      history of its checkpoint, not the steps the killed run did after it);
+    - ``run_status.json``: running, with the step reached;
+    - ``training_curves.png``: redrawn after every evaluation and at the end.
+    """
+    from transformers import TrainerCallback
+
+    from llmtune.curves import CURVES_FILE, history_series, plot_run
+
+    output_dir = Path(output_dir)
+
+    class RunFiles(TrainerCallback):
+        def draw(self, state: Any) -> None:
+            plot_run(history_series(state.log_history), output_dir / CURVES_FILE, title, main_metric, greater_is_better)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_jsonl(output_dir / TRAINING_LOG_FILE, state.log_history)
+                write_run_status(output_dir, "running", step=state.global_step, max_steps=state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and state.log_history:
+                append_jsonl(output_dir / TRAINING_LOG_FILE, state.log_history[-1])
+                write_run_status(output_dir, "running", step=state.global_step, max_steps=state.max_steps)
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.draw(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.draw(state)
+
+    return RunFiles()
+
+
+def _adapters_only(cfg: RunConfig) -> bool:
+    peft = getattr(cfg, "peft", None)
+    return peft is not None and peft.method != "none" and not peft.merge

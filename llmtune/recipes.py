@@ -63,6 +63,16 @@ def recipe_description(path: Path) -> str:
     return str(data.get("description") or "").strip().splitlines()[0] if data.get("description") else ""
 
 
+def recipe_defaults_note(cfg: object) -> str | None:
+    """One line naming the values a task's default recipe set (no --recipe given), or None."""
+    values = getattr(cfg, "recipe_defaults", None)
+    if not values:
+        return None
+    shown = ", ".join(f"{k}={v}" for k, v in values.items())
+    source = getattr(cfg, "recipe_source", "")
+    return f"llmtune: no --recipe given, so the task's default recipe {source} set: {shown} (change any with --set KEY=VALUE)"
+
+
 def copy_recipe(name: str, dest: str) -> Path:
     src = find_recipe(name)
     target = Path(dest).expanduser()

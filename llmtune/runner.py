@@ -16,21 +16,27 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from llmtune.adapters import apply_adapters, check_runtime, save_adapted
 from llmtune.config import CONFIG_FILENAME, RunConfig
 from llmtune.console import echo, metrics_table, quiet_libraries, warn
+from llmtune.curves import CURVES_FILE
 from llmtune.errors import LlmtuneError
 from llmtune.outputs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
+    TENSORBOARD_DIR,
     TRAINING_LOG_FILE,
     check_output_dir,
     clean_metrics,
     default_output_dir,
+    remove_run_files,
     removed_on_failure,
     write_json,
     write_jsonl,
     write_model_card,
+    write_run_status,
 )
+from llmtune.recipes import recipe_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 from llmtune.trainer import build_trainer
@@ -67,14 +73,27 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
 
     resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
-    echo("llmtune: resolved config\n" + cfg.to_yaml())
+    from llmtune.trainer import check_report_to
+
+    check_report_to(cfg.train.report_to)
+    quiet = cfg.train.progress == "quiet"
+    info = (lambda *a, **k: None) if quiet else echo  # --quiet: final metrics and errors only
+    info("llmtune: resolved config\n" + cfg.to_yaml())
+    note = recipe_defaults_note(cfg)
+    if note:
+        info(note)
     if resume_from is not None:
-        echo(f"llmtune: resuming from {resume_from}")
+        info(f"llmtune: resuming from {resume_from}")
     elif cfg.train.resume == "auto":
-        echo(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
+        info(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
+    check_runtime(cfg)  # QLoRA without a GPU: refused before any loading
+
+    from llmtune import hardware
 
     ctx = RunContext(cfg=cfg, training=True, model_path=cfg.model.name_or_path)
+    ctx.state["performance"] = performance = hardware.preflight(cfg)  # before any data work
+    info(performance_line(cfg, performance))
     ctx.tokenizer = task.load_tokenizer(ctx)
     with state.main_process_first():
         raw = task.load_data(ctx)
@@ -83,7 +102,10 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
     check_train_size(ctx, processed["train"], state.num_processes)
     ctx.model = task.build_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
+    ctx.model = apply_adapters(ctx, ctx.model)
     for message in ctx.warnings:  # every input loaded: the run starts
         warn(message)
     has_eval = "validation" in processed
@@ -92,20 +114,30 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         # Only now, with data and model ready: a failed start leaves earlier outputs untouched.
         if cfg.train.overwrite:
             remove_checkpoints(output_dir)
+            remove_run_files(output_dir)
         remove_partial(output_dir)
         cfg.save(output_dir)
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
+    if has_eval and ctx.state.get("eval_batch_note"):
+        echo(f"llmtune: {ctx.state['eval_batch_note']}")
     started = time.perf_counter()
-    stopper = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StopOnSignal")
+    stopper = _callback(trainer, "StopOnSignal")
+    finished = False
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finished = True
     except KeyError as exc:  # found by the Trainer at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
         raise LlmtuneError(unknown_metric_message(cfg, str(exc))) from exc
     finally:
         stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
+        _callback(trainer, "ProgressDisplay").close()  # the live display, also on errors
+        if state.is_main_process:
+            stopped = stopper.stopped and trainer.state.global_step < trainer.state.max_steps
+            status = "training-done" if finished and not stopped else ("stopped" if stopped else "failed")
+            write_run_status(output_dir, status, step=trainer.state.global_step, max_steps=trainer.state.max_steps)
     if state.is_main_process:
         write_jsonl(output_dir / TRAINING_LOG_FILE, trainer.state.log_history)
     if stopper.stopped and trainer.state.global_step < trainer.state.max_steps:
@@ -121,6 +153,11 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         )
     train_metrics = clean_metrics(dict(result.metrics))
     train_metrics["train_wall_seconds"] = round(time.perf_counter() - started, 3)
+    for key in ("trainable_params", "total_params"):
+        train_metrics[key] = ctx.state.get(key)
+    memory = next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "StepMemory"), None)
+    if memory is not None:
+        train_metrics.update(memory.metrics())
 
     metrics: dict[str, Any] = {"train": train_metrics}
     records: list[dict] = []
@@ -132,7 +169,7 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         test_metrics, records = task.predict(ctx, trainer, raw["test"], processed["test"])
         metrics["test"] = clean_metrics({k.replace("eval_", "test_", 1): v for k, v in test_metrics.items()})
 
-    trainer.save_model(str(output_dir))
+    save_adapted(ctx, trainer, output_dir)  # adapters: also merged, per peft.merge
     if state.is_main_process:
         task.save_extras(ctx, output_dir)
         cfg.save(output_dir)
@@ -140,13 +177,22 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         if records:
             write_jsonl(output_dir / PREDICTIONS_FILE, records)
         write_model_card(output_dir / "README.md", cfg, task, metrics, command or command_line(), ctx)
+        write_run_status(output_dir, "finished", wall_seconds=train_metrics["train_wall_seconds"])
     state.wait_for_everyone()
-    echo("")
+    info("")
     if "eval" in metrics:
         echo(metrics_table("eval metrics (validation split)", task.headline(metrics["eval"])))
     if "test" in metrics:
         echo("\n" + metrics_table("held-out metrics (test split)", task.headline(metrics["test"])))
-    echo(f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}")
+    info(
+        f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}"
+        + f"; curves: {output_dir / CURVES_FILE}"
+        + (
+            f"; TensorBoard: tensorboard --logdir {output_dir / TENSORBOARD_DIR}"
+            if "tensorboard" in cfg.train.report_to
+            else ""
+        )
+    )
     return metrics
 
 
@@ -182,6 +228,27 @@ def check_train_size(ctx: RunContext, train: Any, processes: int) -> None:
         )
 
 
+def _callback(trainer: Any, name: str) -> Any:
+    return next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == name)
+
+
+def performance_line(cfg: RunConfig, resolved: dict) -> str:
+    """What the run will use: precision (auto resolved), attention, compile, optimizer."""
+    from llmtune.hardware import machine
+
+    t = cfg.train
+    parts = [
+        f"precision {resolved['precision']}" + (" (auto)" if t.precision == "auto" else ""),
+        f"attention {cfg.model.attn_implementation or 'sdpa (default)'}",
+        f"optimizer {resolved['optim']}",
+    ]
+    if resolved["compile"]:
+        parts.append(f"torch.compile ({t.compile_mode or 'default'})")
+    if t.liger_kernel:
+        parts.append("Liger kernels")
+    return f"llmtune: {machine()}: " + ", ".join(parts)
+
+
 def precheck_train(cfg: RunConfig) -> None:
     """Cheap checks worth doing before launching workers: output dir and --resume."""
     from llmtune.checkpoint import resolve_resume
@@ -189,6 +256,7 @@ def precheck_train(cfg: RunConfig) -> None:
     output_dir = default_output_dir(cfg)
     check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     resolve_resume(cfg.train.resume, output_dir)
+    check_runtime(cfg)
 
 
 def prepare_hub_access_for(cfg: RunConfig) -> None:
@@ -229,9 +297,14 @@ def _evaluate(
 
     if split:
         cfg.data.eval_split = split
+    from llmtune import hardware
+
     ctx = RunContext(cfg=cfg, training=False, model_path=model_path)
+    ctx.state["performance"] = hardware.preflight(cfg)
     ctx.tokenizer = task.load_tokenizer(ctx)
     ctx.model = task.load_trained_model(ctx)
+    hardware.apply_to_model(cfg, ctx.model)
+    task.check_model(ctx, ctx.model)
     with state.main_process_first():
         raw = task.load_data(ctx)
         if "validation" not in raw:
@@ -246,14 +319,23 @@ def _evaluate(
         warn(message)
     cfg.train.output_dir = str(output_dir)
     cfg.train.load_best_model_at_end = False
+    cfg.train.report_to = ["none"]  # scoring only: no experiment tracking
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
+    method = task.eval_note(ctx)
+    for line in (method, ctx.state.get("eval_batch_note")):
+        if line:
+            echo(f"llmtune: {line}")
     metrics, records = task.predict(ctx, trainer, raw["validation"], processed["validation"])
     metrics = clean_metrics(metrics)
     if state.is_main_process:
-        write_json(output_dir / METRICS_FILE, {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset})
+        summary = {"eval": metrics, "model": model_path, "dataset": cfg.data.dataset}
+        if method:
+            summary["method"] = method
+        write_json(output_dir / METRICS_FILE, summary)
         write_jsonl(output_dir / PREDICTIONS_FILE, records)
         cfg.save(output_dir)
     state.wait_for_everyone()
     echo(metrics_table(f"eval metrics ({cfg.data.dataset})", task.headline(metrics)))
-    echo(f"\n{METRICS_FILE} and {PREDICTIONS_FILE} ({len(records)} rows) written to {output_dir}")
+    if cfg.train.progress != "quiet":
+        echo(f"\n{METRICS_FILE} and {PREDICTIONS_FILE} ({len(records)} rows) written to {output_dir}")
     return metrics

@@ -23,13 +23,20 @@ def llmtune_trainer(base: type) -> type:
       2-process run sees the same batches as a 1-process run with twice the batch size) and a
       resumed run replays the same epoch order (transformers' sampler draws from the global RNG).
     - checkpoints are atomic (:class:`llmtune.checkpoint.AtomicCheckpointMixin`).
+    - every training log entry carries the throughput since the previous one (``samples_per_second``
+      and, for token inputs, ``tokens_per_second`` of non-padding input tokens), time spent in
+      evaluation and checkpointing left out; the Trainer only reports an average at the very end.
     """
+    import time
+
     from torch.utils.data import SequentialSampler
 
     from llmtune.checkpoint import AtomicCheckpointMixin
 
     class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
         length_group_batches = 4  # train.group_by_length_batches
+        # The task's eval step (Task.eval_step): reduces each batch to what metrics need.
+        eval_step: Any = None
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -44,6 +51,68 @@ def llmtune_trainer(base: type) -> type:
                 and loss_uses_item_count(self) is False
             ):
                 self.model_accepts_loss_kwargs = False
+            self._window_start: float | None = None
+            self._window_paused = 0.0
+            self._window_counts: Any = None  # device tensor [samples, tokens]: no sync per step
+
+        # ---- throughput ---------------------------------------------------------------
+        def training_step(self, model, inputs, *args, **kwargs):
+            if self._window_start is None:
+                self._window_start, self._window_paused = time.perf_counter(), 0.0
+            counts = batch_counts(inputs, getattr(model, "main_input_name", "input_ids"))
+            if counts is not None:
+                self._window_counts = counts if self._window_counts is None else self._window_counts + counts
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and self._window_start is not None:
+                elapsed = time.perf_counter() - self._window_start - self._window_paused
+                if self._window_counts is not None and elapsed > 0:
+                    # A collective: every rank logs at the same step.
+                    samples, tokens = self.accelerator.reduce(self._window_counts, reduction="sum").tolist()
+                    logs["samples_per_second"] = round(samples / elapsed, 3)
+                    if tokens > 0:
+                        logs["tokens_per_second"] = round(tokens / elapsed, 1)
+                self._window_start, self._window_paused, self._window_counts = time.perf_counter(), 0.0, None
+            return super().log(logs, *args, **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self._window_paused += time.perf_counter() - started
+
+        def _save_checkpoint(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return super()._save_checkpoint(*args, **kwargs)
+            finally:
+                self._window_paused += time.perf_counter() - started
+
+        eval_data_collator = None  # the eval loop's collator when it differs from training's
+
+        def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, **kwargs):
+            if is_training or self.eval_data_collator is None:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+            try:
+                return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+            finally:
+                self.data_collator = train_collator
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            if self.eval_step is None:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            import torch
+
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss, predictions, labels = self.eval_step(model, inputs)
+            loss = loss.detach() if loss is not None else None
+            if prediction_loss_only:
+                return loss, None, None
+            return loss, predictions, labels
 
         def _get_eval_sampler(self, eval_dataset):
             if eval_dataset is None or not hasattr(eval_dataset, "__len__"):
@@ -54,7 +123,12 @@ def llmtune_trainer(base: type) -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
-            if "length" in getattr(dataset, "column_names", []):
+            # The Trainer drops columns the model does not take (``length`` among them) before asking
+            # for a sampler; the rows are the same, so read lengths from the full training set.
+            full = self.train_dataset if len(self.train_dataset or []) == len(dataset) else dataset
+            if "length" in getattr(full, "column_names", []):
+                lengths = list(full["length"])
+            elif "length" in getattr(dataset, "column_names", []):
                 lengths = list(dataset["length"])
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
@@ -68,6 +142,26 @@ def llmtune_trainer(base: type) -> type:
 
     LlmtuneTrainer.__name__ = f"Llmtune{base.__name__}"
     return LlmtuneTrainer
+
+
+def batch_counts(inputs: Any, main_input_name: str = "input_ids") -> Any:
+    """A device tensor [rows, non-padding input tokens] for one batch (None: no tensor input)."""
+    import torch
+
+    ids = inputs.get(main_input_name) if hasattr(inputs, "get") else None
+    if ids is None:
+        ids = inputs.get("input_ids") if hasattr(inputs, "get") else None
+    if not isinstance(ids, torch.Tensor) or ids.dim() == 0:
+        return None
+    mask = inputs.get("attention_mask")
+    if ids.dtype.is_floating_point:  # audio / pixel inputs: count rows only
+        tokens = torch.zeros((), dtype=torch.int64, device=ids.device)
+    elif isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+        tokens = mask.sum().to(torch.int64)
+    else:
+        tokens = torch.tensor(ids.numel(), dtype=torch.int64, device=ids.device)
+    rows = torch.tensor(ids.shape[0], dtype=torch.int64, device=ids.device)
+    return torch.stack([rows, tokens])
 
 
 def loss_uses_item_count(trainer: Any) -> bool | None:
@@ -157,6 +251,8 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
 
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+    from llmtune import hardware
+
     t = cfg.train
     eval_strategy = t.eval_strategy if has_eval else "no"
     metric = t.metric_for_best_model or task.main_metric
@@ -184,15 +280,14 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         greater_is_better=greater,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
-        dataloader_num_workers=t.dataloader_num_workers,
-        dataloader_pin_memory=_has_accelerator(),
-        report_to=t.report_to if t.report_to != "none" else "none",
+        report_to=[r for r in t.report_to if r != "none"] or "none",
+        disable_tqdm=True,  # llmtune.progress draws the run
         remove_unused_columns=True,
         save_safetensors=True,
     )
+    # precision, TF32, torch.compile, optimizer, Liger, dataloader workers (checked in preflight)
+    kwargs.update(hardware.training_kwargs(cfg, ctx.state.get("performance")))
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     if t.group_by_length and not cfg.data.streaming:
         if "train_sampling_strategy" in fields:
@@ -207,24 +302,32 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
     return cls(**{k: v for k, v in kwargs.items() if k in allowed})
 
 
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict, has_eval: bool) -> Any:
-    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
+    from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
 
-    from llmtune.checkpoint import fault_injection_callback, stop_on_signal_callback
+    from llmtune.checkpoint import fault_injection_callback, skip_final_checkpoint_callback, stop_on_signal_callback
+    from llmtune.memory import step_memory_callback
+    from llmtune.outputs import run_files_callback
+    from llmtune.progress import progress_callback
 
     cfg = ctx.cfg
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
-    callbacks = [stop_on_signal_callback(), fault_injection_callback()]
+    title = f"{Path(output_dir).name}: {cfg.task}, {cfg.model.name_or_path or cfg.model.config}"
+    stopper = stop_on_signal_callback()
+    keep_final = cfg.train.save_final_checkpoint or bool(args.load_best_model_at_end)
+    callbacks = [
+        stopper,
+        skip_final_checkpoint_callback(stopper, keep_final),
+        fault_injection_callback(),
+        progress_callback(cfg.train.progress, args.metric_for_best_model, args.greater_is_better),
+        run_files_callback(output_dir, title, args.metric_for_best_model, args.greater_is_better),
+    ]
+    if ctx.training:
+        callbacks.append(step_memory_callback())
     if cfg.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
-    cls = llmtune_trainer(base)
+    cls = task.trainer_class(ctx, llmtune_trainer(base))
     trainer = cls(
         model=ctx.model,
         args=args,
@@ -236,7 +339,32 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(ctx),
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # the raw dicts; llmtune.progress shows the run instead
+    trainer.eval_step = task.eval_step(ctx)
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [cfg.save]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer
+
+
+def check_report_to(names: list[str]) -> None:
+    """Refuse a ``train.report_to`` integration that transformers lacks or that is not installed."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from llmtune.errors import LlmtuneError
+
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name == "none":
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise LlmtuneError(
+                f"train.report_to: unknown integration '{name}'; known: none, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+            )
+        if name not in available:
+            raise LlmtuneError(
+                f"train.report_to: '{name}' is not installed (pip install {name.replace('_', '-')}), "
+                f"or drop it, e.g. --set train.report_to=[tensorboard]"
+            )

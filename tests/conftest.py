@@ -6,6 +6,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -417,3 +418,89 @@ def lm_corpus_txt(tmp_path) -> Path:
     (folder / "train.txt").write_text("\n".join(lines[:260]) + "\n", encoding="utf-8")
     (folder / "validation.txt").write_text("\n".join(lines[260:300]) + "\n", encoding="utf-8")
     return folder
+
+
+# ---- GGUF: a tiny llama.cpp-style file written from the tiny Llama --------------------------------
+
+
+def write_tiny_gguf(model_dir: Path, out_file: Path) -> None:
+    """Write a Llama model folder (byte-level BPE tokenizer) as an F32 GGUF file the way llama.cpp's
+    converter does: llama.cpp tensor names, q/k rows permuted, the tokenizer as tokens + merges."""
+    import json
+
+    import gguf
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    c = model.config
+    w = gguf.GGUFWriter(str(out_file), "llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    rope = getattr(c, "rope_parameters", None) or {}
+    w.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    tokens = [""] * len(spec["model"]["vocab"])
+    for text, i in spec["model"]["vocab"].items():
+        tokens[i] = text
+    special = {a["id"] for a in spec.get("added_tokens", [])}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_pad_token_id(tok.pad_token_id)
+    w.add_add_bos_token(False)
+    if tok.chat_template:
+        w.add_chat_template(tok.chat_template)
+
+    def permute(x: Any, heads: int) -> Any:
+        return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+    sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not c.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    for i in range(c.num_hidden_layers):
+        for hf, gg in names.items():
+            x = sd[f"model.layers.{i}.{hf}.weight"]
+            if gg == "attn_q":
+                x = permute(x, c.num_attention_heads)
+            elif gg == "attn_k":
+                x = permute(x, c.num_key_value_heads)
+            w.add_tensor(f"blk.{i}.{gg}.weight", x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A folder holding only ``model.gguf`` (the tiny Llama), like a GGUF model package."""
+    out = tmp_path_factory.mktemp("tiny-gguf")
+    write_tiny_gguf(tiny_llama_dir, out / "model.gguf")
+    return out

@@ -17,7 +17,7 @@ from llmtune.recipes import list_recipes
 def test_help_lists_commands(cli):
     result = cli("--help")
     assert result.exit_code == 0
-    for name in ("finetune", "eval", "recipes"):
+    for name in ("finetune", "eval", "recipes", "export"):
         assert name in result.output
 
 

@@ -103,3 +103,44 @@ def test_invalid_yaml_reports_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(recipe=str(path))
     assert "bad.yaml" in str(err.value) and "line" in str(err.value)
+
+
+def test_task_default_recipe_values_are_reported_not_its_description():
+    flags = {"model.name_or_path": "my-model", "data.dataset": "chats.jsonl", "train.max_steps": 30}
+    cfg = load_config(task="sft", flags=flags)
+    # the recipe's cost- and result-changing values are listed; cosmetic ones and defaults are not
+    assert cfg.recipe_source == "sft.yaml"
+    assert cfg.recipe_defaults["train.gradient_accumulation_steps"] == 4
+    assert cfg.recipe_defaults["train.lr_scheduler"] == "cosine"
+    assert cfg.recipe_defaults["options.packing"] is True
+    assert "train.logging_steps" not in cfg.recipe_defaults and "train.epochs" not in cfg.recipe_defaults
+    assert "model.name_or_path" not in cfg.recipe_defaults  # replaced by --model
+    # the description names the recipe's model and data (No Robots...): not this run's
+    assert cfg.description == "" and "No Robots" not in cfg.to_yaml()
+    assert "recipe_defaults" not in cfg.to_yaml()
+
+
+def test_explicit_batch_size_is_the_batch_trained_with():
+    cfg = load_config(task="sft", flags={"model.name_or_path": "m", "train.batch_size": 2})
+    assert cfg.train.gradient_accumulation_steps == 1 and cfg.train.batch_size == 2
+    assert "not the recipe's 4" in cfg.recipe_defaults["train.gradient_accumulation_steps"]
+    # asked for explicitly, accumulation stays
+    cfg = load_config(task="sft", flags={"train.batch_size": 2, "train.gradient_accumulation_steps": 3})
+    assert cfg.train.gradient_accumulation_steps == 3
+    # an explicit recipe is taken as written, description included
+    cfg = load_config(recipe="sft", flags={"train.batch_size": 2})
+    assert cfg.train.gradient_accumulation_steps == 4 and cfg.recipe_defaults == {}
+    assert "No Robots" in cfg.description
+
+
+def test_recipe_description_kept_when_model_and_data_are_its_own():
+    cfg = load_config(recipe="sentiment-demo")
+    assert cfg.description.startswith("Offline demo")
+    cfg = load_config(recipe="sentiment-demo", flags={"data.dataset": "mine.csv"})
+    assert cfg.description == ""
+
+
+def test_recipe_dataset_configuration_goes_with_its_dataset():
+    cfg = load_config(task="sentiment", flags={"data.dataset": "reviews.csv"})
+    assert cfg.data.config_name is None and "data.config_name" not in cfg.recipe_defaults
+    assert load_config(task="sentiment").data.config_name == "sst2"

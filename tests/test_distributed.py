@@ -121,6 +121,19 @@ def test_streaming_two_processes_match_one(tmp_path):
     assert same_weights(one, two, exact=False, atol=1e-5)
 
 
+def test_lora_two_processes_match_one(tiny_bert_dir, data, tmp_path):
+    """LoRA (adapters + trained head): 2 processes x batch 4 == 1 process x batch 8."""
+    lora = ("--lora", "--set", "peft.r=4", "--set", "peft.dropout=0", *COMMON)
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = llmtune(finetune_args(tiny_bert_dir, data, one, "--batch-size", "8", *lora))
+    assert result.returncode == 0, result.stderr
+    result = torchrun(finetune_args(tiny_bert_dir, data, two, "--batch-size", "4", *lora))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("LoRA adapters: ") == 1  # printed by rank 0 only
+    check_parity(one, two)
+    assert (two / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_dropout_makes_processes_differ(tiny_bert_dir, data, tmp_path):
     """What the README says about parity: it needs dropout off. With dropout on each process draws
     its own masks, so a 2-process run follows a 1-process run only statistically (same data and

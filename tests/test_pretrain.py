@@ -82,16 +82,75 @@ def test_clm_outputs_and_text_generation_pipeline(clm_scratch):
 def test_eval_clm_blocks_and_sliding_window(clm_scratch, cli, tmp_path):
     out, corpus, _ = clm_scratch
     trained = _metrics(out)["eval"]
-    result = cli("eval", "--model", out, "--task", "clm", "--dataset", corpus, "-o", tmp_path / "e1")
+    # Training reads a .txt line by line (a document per line, EOS after each): `eval` with the
+    # same reading reproduces the training-time figure.
+    result = cli(
+        "eval", "--model", out, "--task", "clm", "--dataset", corpus, "--set", "options.sample_by=line",
+        "-o", tmp_path / "e1",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "each line a document followed by EOS" in result.output
     ev = json.loads((tmp_path / "e1" / "metrics.json").read_text())["eval"]
     assert abs(ev["eval_perplexity"] - trained["eval_perplexity"]) < 1e-3 * trained["eval_perplexity"]
-    result = cli("eval", "--model", out, "--dataset", corpus, "--set", "options.stride=8", "-o", tmp_path / "e2")
+    result = cli(
+        "eval", "--model", out, "--dataset", corpus, "--set", "options.stride=8", "--set", "options.sample_by=line",
+        "-o", tmp_path / "e2",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     strided = json.loads((tmp_path / "e2" / "metrics.json").read_text())["eval"]
     # every token but the first is scored (blocks cannot score each block's first token)
     assert strided["eval_tokens"] > ev["eval_tokens"]
     assert strided["eval_perplexity"] < trained["eval_initial_perplexity"] / 5
+
+
+def _reference_nll(model_dir, text, block, stride):
+    """Perplexity the usual way (Hugging Face's perplexity guide): the text tokenized as one
+    string, scored in windows of `block` tokens advancing by `stride`, each token once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([tok(text)["input_ids"]])
+    total, count, prev_end = 0.0, 0, 0
+    for begin in range(0, ids.size(1), stride):
+        end = min(begin + block, ids.size(1))
+        window = ids[:, begin:end]
+        labels = window.clone()
+        labels[:, : window.size(1) - (end - prev_end)] = -100
+        with torch.no_grad():
+            logits = model(window).logits[:, :-1]
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"
+        )
+        total, count = total + float(nll), count + int((target != -100).sum())
+        prev_end = end
+        if end == ids.size(1):
+            break
+    return total / count, count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stride", [None, 12])
+def test_eval_txt_is_one_stream_like_published_perplexity(tiny_gpt2_dir, tmp_path, cli, stride):
+    from tests.conftest import lm_corpus_lines
+
+    # Lines start with a letter: tokenizing 7-line pieces equals tokenizing the whole text.
+    text = "".join(f"{line}\n" for line in lm_corpus_lines(60))
+    path = tmp_path / "valid.txt"
+    path.write_text(text, encoding="utf-8")
+    args = ["eval", "--task", "clm", "--model", tiny_gpt2_dir, "--dataset", path, "-o", tmp_path / "e"]
+    args += ["--set", "options.block_size=32", "--set", "options.pack_batch_size=7"]  # several map batches
+    args += ["--set", f"options.stride={stride}"] if stride else []
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "one token stream" in result.output
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert "sample_by=stream" in saved["method"]
+    loss, count = _reference_nll(tiny_gpt2_dir, text, 32, stride or 32)
+    assert saved["eval"]["eval_tokens"] == count
+    assert saved["eval"]["eval_loss"] == pytest.approx(loss, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -108,8 +108,9 @@ def test_resume_path_and_fresh_start(setup, tiny_bert_dir, tmp_path):
     assert "starting from scratch" in done.stdout
     assert_same_as_reference(setup, out)
     # an explicit older checkpoint: retrains from step 20 and ends in the same place
+    # save_total_limit=2 rotation; the completed run wrote no checkpoint at its last step (24)
     kept = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert kept == ["checkpoint-20", "checkpoint-24"]  # save_total_limit=2 rotation
+    assert kept == ["checkpoint-16", "checkpoint-20"]
     again = run(setup, tiny_bert_dir, out, "--resume", str(out / "checkpoint-20"))
     assert again.returncode == 0, again.stderr
     assert_same_as_reference(setup, out)
@@ -160,3 +161,24 @@ def test_streaming_resume_is_exact(tmp_path):
     assert f"resuming from {out / 'checkpoint-5'}" in done.stdout
     assert losses(out) == losses(ref) and len(losses(ref)) == 12
     assert same_weights(out, ref, exact=True)
+
+
+def test_lora_run_resumes_exactly(setup, tiny_bert_dir, tmp_path):
+    """A LoRA run (adapters + task head in the Trainer checkpoint) killed mid-epoch resumes
+    bit-identically: the same per-step losses, adapters and merged weights."""
+    from safetensors.torch import load_file
+
+    lora = ("--lora", "--set", "peft.r=4")
+    ref = tmp_path / "ref"
+    assert run(setup, tiny_bert_dir, ref, *lora).returncode == 0
+    out = tmp_path / "run"
+    killed = run(setup, tiny_bert_dir, out, *lora, fault="step:6")
+    assert killed.returncode == -signal.SIGKILL
+    assert "adapter_model.safetensors" in os.listdir(out / "checkpoint-4")  # the checkpoint holds adapters
+    done = run(setup, tiny_bert_dir, out, *lora, "--resume", "auto")
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from {out / 'checkpoint-4'}" in done.stdout
+    assert losses(out) == losses(ref) and len(losses(ref)) == 24
+    assert same_weights(out, ref, exact=True)  # the merged model
+    a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (out, ref))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

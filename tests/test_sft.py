@@ -133,11 +133,21 @@ def test_config_validation():
 
     with pytest.raises(ConfigError) as err:
         build_config(
-            {"task": "sft", "options": {"chat_template": "vicuna", "lora": True, "lora_r": 0, "num_samples": -1}}
+            {
+                "task": "sft",
+                "options": {"chat_template": "vicuna", "num_samples": -1},
+                "peft": {"method": "lora", "r": 0},
+            }
         )
     text = str(err.value)
-    assert "options.chat_template 'vicuna'" in text and "options.lora_r must be >= 1" in text
+    assert "options.chat_template 'vicuna'" in text and "peft.r must be >= 1" in text
     assert "options.num_samples must be >= 0" in text
+    # sft's old LoRA keys point at the shared peft section
+    with pytest.raises(ConfigError) as err:
+        build_config({"task": "sft", "options": {"lora": True, "lora_r": 4, "merge_lora": False}})
+    text = str(err.value)
+    assert "options.lora moved to the peft section: use peft.method" in text
+    assert "options.lora_r moved to the peft section: use peft.r" in text and "use peft.merge" in text
 
 
 # ---- packing ------------------------------------------------------------------------------------
@@ -149,7 +159,8 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama_dir, chat_tok, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmtune.tasks.sft import PackedCollator, encode_conversation
+    from llmtune.packing import PaddingFreeCollator
+    from llmtune.tasks.sft import encode_conversation
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attn).eval()
     examples = []
@@ -165,7 +176,7 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama_dir, chat_tok, 
 
     with torch.no_grad():
         alone = [nll_sum(model(torch.tensor([e["input_ids"]])).logits[0], torch.tensor(e["labels"])) for e in examples]
-        batch = PackedCollator()(examples)
+        batch = PaddingFreeCollator(pad_id=0, row_length=256, layout="flat")(examples)
         assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
         packed_logits = model(**batch).logits[0]
         # the same row without restarting positions: plain causal attention across examples
@@ -247,9 +258,9 @@ def test_sft_packing_with_merged_lora(tiny_llama_dir, sft_data, tmp_path, cli):
     out = tmp_path / "lora"
     sets = (
         "options.packing=true",
-        "options.lora=true",
-        "options.lora_r=4",
-        "options.lora_target_modules=[q_proj, v_proj]",
+        "peft.method=lora",
+        "peft.r=4",
+        "peft.target_modules=[q_proj, v_proj]",
     )
     metrics = finetune(cli, tiny_llama_dir, sft_data, out, *sets)["eval"]
     assert math.isfinite(metrics["eval_loss"])
@@ -270,7 +281,7 @@ def test_sft_packing_with_merged_lora(tiny_llama_dir, sft_data, tmp_path, cli):
 @pytest.mark.slow
 def test_sft_lora_adapters_only_eval(tiny_llama_dir, sft_data, tmp_path, cli):
     out = tmp_path / "adapters"
-    metrics = finetune(cli, tiny_llama_dir, sft_data, out, "options.lora=true", "options.merge_lora=false", steps=6)
+    metrics = finetune(cli, tiny_llama_dir, sft_data, out, "peft.method=lora", "peft.merge=false", steps=6)
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     result = cli("eval", "--model", out, "--dataset", sft_data / "validation.jsonl", "--output-dir", tmp_path / "ev")
     assert result.exit_code == 0, result.output

@@ -25,11 +25,19 @@ def eval_cmd(
         Optional[str], typer.Option("--split", help="Split to score (default: validation, else test).")
     ] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Evaluation batch size (>= 1).")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", help="Evaluation batch size (>= 1; default: sized to the model's vocabulary for LMs)."
+        ),
+    ] = None,
+    gguf_file: c.GgufFile = None,
+    trust_remote_code: c.TrustRemoteCode = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
-    from llmtune.config import CONFIG_FILENAME, build_config, file_origins, merge_overrides, read_yaml
+    from llmtune.config import CONFIG_FILENAME, FLAG_NAMES, build_config, file_origins, merge_overrides, read_yaml
     from llmtune.modeling import check_folder, model_location
 
     model = model_location(model)  # a missing folder fails here, naming --model
@@ -52,9 +60,16 @@ def eval_cmd(
         origins["task"] = ("flag", "--task")
     if "task" not in tree:
         c.fail(f"cannot tell which task {model} was trained for (it has no {CONFIG_FILENAME}): pass --task")
-    flags = {"data.dataset": dataset, "train.output_dir": output_dir, "train.eval_batch_size": batch_size}
+    flags = {
+        "data.dataset": dataset,
+        "train.output_dir": output_dir,
+        "train.eval_batch_size": batch_size,
+        "train.progress": "quiet" if quiet else None,
+        "model.gguf_file": gguf_file,
+        "model.trust_remote_code": True if trust_remote_code else None,
+    }
     names = {"data.dataset": "--dataset", "train.output_dir": "--output-dir", "train.eval_batch_size": "--batch-size"}
-    merge_overrides(tree, origins, sets, flags, names)
+    merge_overrides(tree, origins, sets, flags, {**FLAG_NAMES, **names})
     if not tree.get("data", {}).get("dataset"):
         c.fail("no dataset to evaluate on: pass --dataset")
     cfg = build_config(tree, source=str(saved) if saved.is_file() else None, origins=origins)

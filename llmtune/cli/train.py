@@ -27,7 +27,12 @@ def resolve_and_run(
 
     cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags, task_flag=task_flag)
     if dry_run:
+        from llmtune.recipes import recipe_defaults_note
+
         typer.echo(cfg.to_yaml().rstrip())
+        note = recipe_defaults_note(cfg)
+        if note:
+            typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
         return
     if launch is not None:
         from llmtune.launch import check_options, relaunch
@@ -61,6 +66,9 @@ def finetune(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
+    quiet: c.Quiet = False,
+    gguf_file: c.GgufFile = None,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -70,8 +78,9 @@ def finetune(
         task = "sentiment"
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
+    flags["model.gguf_file"] = gguf_file
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
 
@@ -111,6 +120,8 @@ def pretrain(
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
+    lora: c.Lora = False,
+    quiet: c.Quiet = False,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
@@ -130,7 +141,7 @@ def pretrain(
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
     flags = c.train_flags(
         model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code,
+        trust_remote_code, lora=lora, quiet=quiet,
     )  # fmt: skip
     flags.update(
         {

@@ -59,6 +59,12 @@ class Task:
     seq2seq: bool = False
     #: ``transformers.pipeline`` task name written in the model card
     pipeline_tag: str | None = None
+    #: ``peft.TaskType`` of the model (None: a plain ``PeftModel``), and the names of the head
+    #: modules trained in full with adapters (``peft.modules_to_save`` left unset)
+    peft_task_type: str | None = None
+    head_modules: tuple[str, ...] = ()
+    #: a causal LM that ``generate``/``chat`` and ``serve``'s completions can drive
+    generative: bool = False
 
     # ---- config time (torch-free) -------------------------------------------------------
     def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
@@ -73,8 +79,8 @@ class Task:
         """``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``add_prefix_space=True``)."""
         from llmtune.modeling import load_tokenizer
 
-        spec = ctx.cfg.model.tokenizer if ctx.training and ctx.cfg.model.tokenizer else ctx.model_path
-        tokenizer = load_tokenizer(spec, ctx.cfg.model if ctx.training else None, **kwargs)
+        spec = ctx.cfg.model.tokenizer or ctx.model_path
+        tokenizer = load_tokenizer(spec, ctx.cfg.model, **kwargs)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without one
         return tokenizer
@@ -93,6 +99,13 @@ class Task:
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         return model
+
+    def trainer_class(self, ctx: RunContext, base: type) -> type:
+        """The Trainer class this task runs: ``base`` (llmtune's Trainer subclass, see
+        :func:`llmtune.trainer.llmtune_trainer`) or a subclass of it that computes the loss and
+        evaluation outputs differently (e.g. preference tuning). Checkpoints, samplers and
+        resume come from ``base``, so a subclass keeps them."""
+        return base
 
     def training_args(self, ctx: RunContext) -> dict:
         """Extra ``TrainingArguments`` this task needs (e.g. generation settings)."""
@@ -119,12 +132,31 @@ class Task:
 
         return DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=None)
 
+    def eval_collator(self, ctx: RunContext) -> Any:
+        """The evaluation loop's collator when it must differ from :meth:`collator` (None: the same)."""
+        return None
+
     def compute_metrics(self, ctx: RunContext) -> Any:
         """A ``compute_metrics(EvalPrediction) -> dict`` callable, or None."""
         return None
 
     def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
         return None
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        """Optional ``step(model, inputs) -> (loss, predictions, labels)`` replacing the Trainer's
+        forward during eval/predict (under no_grad): it returns only what the metrics and
+        exports need per batch (e.g. per-row loss sums, n-best spans) so evaluation never holds
+        a split's logits. ``labels`` must not be None when ``compute_metrics`` should run."""
+        return None
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        """One line saying how ``llmtune eval`` scores (printed and saved in metrics.json)."""
+        return None
+
+    def card_lines(self, ctx: RunContext) -> list[str]:
+        """Task-specific bullet lines for the model card (e.g. sample rate, vocabulary)."""
+        return []
 
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
         """Metrics and exported prediction records for one split."""
@@ -136,8 +168,31 @@ class Task:
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
         return []
 
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        """Checks that need the built model with its final attention kernel (e.g. that packed
+        examples stay apart); raise LlmtuneError. Runs before anything is written."""
+
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
+
+    # ---- inference: ``llmtune predict`` and ``serve``'s /v1/predict -----------------------------
+    # The shared mechanics (reading rows, length-sorted batches written back in input order,
+    # output) live in :mod:`llmtune.inference`; a task supports predict by implementing these.
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        """Pick the input columns among ``columns`` into ``ctx.columns`` (as ``prepare`` does, with
+        the same ``data.*_column``/``options.*_column`` overrides) and set ``ctx.state`` from the
+        loaded model. One-line error when a needed column is missing."""
+        from llmtune.errors import LlmtuneError
+
+        raise LlmtuneError(f"task {self.name} does not support predict")
+
+    def input_length(self, ctx: RunContext, row: dict) -> int:
+        """Sort key for batching (characters of the input columns)."""
+        return sum(len(str(row.get(c) or "")) for c in ctx.columns.values() if isinstance(c, str))
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        """One output record per input row (``settings``: :class:`llmtune.inference.predict.PredictSettings`)."""
+        raise NotImplementedError
 
 
 def predict_outputs(trainer: Any, split: Any) -> Any:
@@ -201,6 +256,14 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
     for col in required:
         if col and col not in ds.column_names:
             raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
+    from llmtune.datacache import function_parts, map_fingerprint, run_parts
+
+    # The cache key: what the rows depend on, not the whole run (see llmtune.datacache).
+    fingerprint = map_fingerprint(
+        ds, ctx.tokenizer, (encode.__module__,), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
+    )
+    if fingerprint is not None:
+        kwargs["new_fingerprint"] = fingerprint
     return ds.map(
         encode,
         batched=True,

@@ -11,6 +11,10 @@ partial last block of each map batch is kept and padded by the collator.
   is framed like a single sequence (``[CLS] ... [SEP]``), so every block looks like what the
   model sees at fine-tuning time.
 
+clm ``options.packing``: ``blocks`` (the above), or ``documents`` / ``padded``: one document
+per example (split into ``block_size`` pieces), batched padding-free with per-document attention
+(:mod:`llmtune.packing`) or padded.
+
 Evaluation reports perplexity = exp(total NLL / number of predicted tokens) over the whole split,
 summed per row on the device (``preprocess_logits_for_metrics``) and gathered across processes
 by the Trainer, not the mean of per-batch losses that ``eval_loss`` is. MLM eval masks are drawn
@@ -22,16 +26,23 @@ Module level stays torch-free (config validation imports it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from llmtune.config import bounded, choice
+from llmtune.config import bounded
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, require_content
 
 TEXT_COLUMNS = ("text", "content", "document", "sentence", "article")
-SAMPLE_BY = ("line", "paragraph", "document")
+SAMPLE_BY = ("line", "paragraph", "document", "stream")
+#: fp32 logits one LM eval batch may hold (batch x sequence x vocabulary x 4 bytes) when
+#: train.eval_batch_size is not set: the eval batch is sized to stay under it.
+EVAL_LOGITS_BUDGET = 512 * 2**20
+#: Elements of the logits upcast and scored at once when summing the NLL of a batch.
+NLL_CHUNK_ELEMENTS = 2**24
 DEFAULT_BLOCK = {"clm": 1024, "mlm": 512}
+# clm generation quality: the reference continuation of a prompt
+REFERENCE_COLUMNS = ("reference", "completion", "response", "target")
 
 
 @dataclass
@@ -39,21 +50,43 @@ class LMOptions:
     # Tokens per training block; None = the smaller of 1024 (clm) / 512 (mlm), the model's
     # maximum positions and the tokenizer's model_max_length. Flag: --block-size.
     block_size: int | None = bounded(None, ge=8)
-    # How a .txt file is split into documents: one per line, per blank-line separated
-    # paragraph, or the whole file.
-    sample_by: str = choice("line", *SAMPLE_BY)
+    # How a .txt file is read: each line a document (followed by EOS), each blank-line separated
+    # paragraph, the whole file one document, or "stream" (clm): the text exactly as it is, one
+    # token stream without EOS, the way published perplexities (WikiText) are computed.
+    # None = line when training, stream when `llmtune eval` scores a clm model.
+    sample_by: str | None = None
     # Evaluate once before training, reported as eval_initial_* in metrics.json.
     eval_on_start: bool = True
     # Rows per batched map call when tokenizing/packing (one partial block per batch).
     pack_batch_size: int = bounded(1000, ge=1)
 
 
+CLM_PACKING = ("blocks", "documents", "padded")
+
+
 @dataclass
 class ClmOptions(LMOptions):
+    # How documents become training rows:
+    # blocks    - concatenated (EOS between documents) and cut into block_size blocks; attention
+    #             crosses document boundaries (GPT-style pretraining; no padding).
+    # documents - one example per document (split into block_size pieces), batches packed
+    #             padding-free with per-document attention and positions (llmtune.packing).
+    # padded    - one example per document (split the same way), batches padded: the baseline
+    #             "documents" is measured against.
+    packing: str = "blocks"
     # Sliding-window perplexity for evaluation: windows of block_size tokens advancing by
     # `stride`, each token scored once with up to block_size - stride tokens of left context.
     # None = non-overlapping blocks. Materialises the eval split's token ids (bounded).
     stride: int | None = bounded(None, ge=1)
+    # Generation quality at evaluation when the eval rows also hold a prompt and a reference
+    # continuation: greedy continuations of this many rows (-1 = all, 0 = off), up to
+    # max_new_tokens, scored with eval_generation_metrics. Columns: prompt_column /
+    # reference_column (None = prompt / reference, completion, response, target).
+    eval_generation_rows: int = 0
+    eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
+    prompt_column: str | None = None
+    reference_column: str | None = None
+    max_new_tokens: int = 64
 
 
 @dataclass
@@ -92,6 +125,10 @@ class LMTask(Task):
 
         p: list[str] = []
         o, m = cfg.options, cfg.model
+        if o.sample_by is not None and o.sample_by not in SAMPLE_BY:
+            p.append(f"options.sample_by must be one of {', '.join(SAMPLE_BY)}, got {o.sample_by!r}")
+        if o.sample_by == "stream" and self.objective != "clm":
+            p.append("options.sample_by=stream is for clm; mlm reads a .txt by line, paragraph or document")
         p.extend(from_config_problems(cfg))
         preset = get_preset(m.config) if m.config else None
         if preset is not None and preset["model_type"] not in self.preset_types:
@@ -120,7 +157,7 @@ class LMTask(Task):
             tokenizer = load_tokenizer(spec, m)
             ctx.state["model_config"] = self._model_config(ctx)  # fail on a bad config before data work
         else:
-            tokenizer = load_tokenizer(ctx.model_path)
+            tokenizer = load_tokenizer(m.tokenizer or ctx.model_path, m)
         self.check_tokenizer(tokenizer, m.tokenizer or m.name_or_path or ctx.model_path)
         return tokenizer
 
@@ -129,26 +166,18 @@ class LMTask(Task):
 
     def _model_config(self, ctx: RunContext) -> Any:
         """The architecture: ``model.config`` (preset, config.json, Hub config) or the model's own."""
-        from transformers import AutoConfig
-
-        from llmtune.modeling import _hub_error, model_architecture, model_location
+        from llmtune.modeling import load_config, model_architecture
 
         m = ctx.cfg.model
         if m.config:
             return model_architecture(m)
-        location = model_location(m.name_or_path)
-        try:
-            return AutoConfig.from_pretrained(location, trust_remote_code=m.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise _hub_error("model", m.name_or_path, exc) from exc
+        return load_config(m.name_or_path, m)
 
     def load_data(self, ctx: RunContext) -> Any:
         from llmtune.data import load_raw
 
         cfg = ctx.cfg
-        return load_raw(
-            cfg.data, seed=cfg.train.seed, carve_validation=ctx.training, text_sample_by=cfg.options.sample_by
-        )
+        return load_raw(cfg.data, seed=cfg.train.seed, carve_validation=ctx.training, text_sample_by=sample_by(ctx))
 
     def resolve_block_size(self, ctx: RunContext) -> int:
         config = ctx.model.config if ctx.model is not None else ctx.state.get("model_config")
@@ -189,7 +218,8 @@ class LMTask(Task):
             packed = pack_dataset(
                 ds, ctx.tokenizer, self.objective, block_size, text_col, cfg.options.pack_batch_size,
                 whole_words=getattr(cfg.options, "whole_word_masking", False), num_proc=cfg.data.num_proc,
-                desc=f"tokenizing and packing {split}",
+                desc=f"tokenizing and packing {split}", layout=getattr(cfg.options, "packing", "blocks"),
+                stream=sample_by(ctx) == "stream",
             )  # fmt: skip
             if split == "train":
                 if is_streaming(packed):
@@ -232,19 +262,15 @@ class LMTask(Task):
             # The collator needs special_tokens_mask/word_starts; it returns only model inputs.
             "remove_unused_columns": False,
             "eval_on_start": bool(ctx.cfg.options.eval_on_start and ctx.training and ctx.state.get("has_validation")),
+            **lm_eval_batch_args(ctx, ctx.cfg.options.block_size),
         }
 
     def collator(self, ctx: RunContext) -> Any:
         return LMCollator(ctx.tokenizer, objective=self.objective, options=ctx.cfg.options, seed=ctx.cfg.train.seed)
 
     # ---- evaluation -------------------------------------------------------------------------
-    def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
-        shift = self.objective == "clm"
-
-        def per_row_nll(logits: Any, labels: Any) -> Any:
-            return row_nll_and_count(logits, labels, shift)
-
-        return per_row_nll
+    def eval_step(self, ctx: RunContext) -> Any:
+        return lm_eval_step(shift=self.objective == "clm")
 
     def compute_metrics(self, ctx: RunContext) -> Any:
         names = self.metric_names
@@ -273,7 +299,7 @@ class LMTask(Task):
 
     def headline(self, metrics: dict) -> dict:
         keep = {"loss", *self.metric_names, f"initial_{self.metric_names[1]}", "runtime"}
-        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
 
 
 class CausalLMTask(LMTask):
@@ -283,17 +309,114 @@ class CausalLMTask(LMTask):
     description = "causal language-model pretraining (GPT-style), from scratch or continued"
     Options = ClmOptions
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
     main_metric = "perplexity"
     pipeline_tag = "text-generation"
     preset_types = ("gpt2", "llama")
     metric_names = ("loss", "perplexity", "tokens")
+    generative = True
 
-    def validate_options(self, o: Any) -> list[str]:
+    def _block_problems(self, o: Any) -> list[str]:
+        if o.packing not in CLM_PACKING:
+            return [f"options.packing must be one of {', '.join(CLM_PACKING)}, got {o.packing!r}"]
         if o.stride is None:
             return []
         if o.block_size is not None and o.stride > o.block_size:
             return [f"options.stride ({o.stride}) must not exceed options.block_size ({o.block_size})"]
+        if o.packing != "blocks":
+            return [f"options.stride (sliding-window eval) needs options.packing=blocks, got {o.packing}"]
         return []
+
+    def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
+        metrics, records = super().predict(ctx, trainer, raw_split, split)
+        o = ctx.cfg.options
+        if not o.eval_generation_rows or not trainer.is_world_process_zero():
+            return metrics, records
+        from llmtune.data import column_names, pick_column
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+        from llmtune.tasks.sft import generation_quality
+
+        cols = column_names(raw_split)
+        prompt_col = pick_column(cols, o.prompt_column, ("prompt",), "prompt", "options.prompt_column")
+        ref_col = pick_column(cols, o.reference_column, REFERENCE_COLUMNS, "reference", "options.reference_column")
+        rows = (
+            list(raw_split)
+            if o.eval_generation_rows == -1
+            else list(raw_split.select(range(min(o.eval_generation_rows, len(raw_split)))))
+        )
+        prompts = [str(r[prompt_col] or "") for r in rows]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        run = generate_texts(
+            model, ctx.tokenizer, prompts, greedy_settings(o.max_new_tokens),
+            batch_size=trainer.args.per_device_eval_batch_size, add_special_tokens=True,
+        )  # fmt: skip
+        records = [
+            {"input": p, "reference": str(r[ref_col] or ""), "prediction": g.text}
+            for p, r, g in zip(prompts, rows, run.outputs, strict=True)
+        ]
+        metrics.update(generation_quality(records, run, o))
+        return metrics, records
+
+    def validate_options(self, o: Any) -> list[str]:
+        from llmtune.metrics.generation import GENERATION_METRICS
+
+        p = self._block_problems(o)
+        if o.eval_generation_rows < -1:
+            p.append(
+                f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
+            )
+        if o.max_new_tokens < 1:
+            p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+        unknown = [m for m in o.eval_generation_metrics if m not in GENERATION_METRICS]
+        if unknown or not o.eval_generation_metrics:
+            p.append(
+                f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
+        return p
+
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        from llmtune.data import pick_column
+
+        col = pick_column(columns, ctx.cfg.data.text_column, ("prompt", *TEXT_COLUMNS), "text", "data.text_column")
+        ctx.columns = {"text": col}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+
+        texts = [str(r.get(ctx.columns["text"]) or "") for r in rows]
+        gen = settings.generation or greedy_settings(settings.max_new_tokens or ctx.cfg.options.max_new_tokens)
+        run = generate_texts(ctx.model, ctx.tokenizer, texts, gen, batch_size=len(texts), add_special_tokens=True)
+        return [{"text": t, "generated_text": g.text} for t, g in zip(texts, run.outputs, strict=True)]
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        if ctx.cfg.options.packing == "documents":
+            from llmtune.packing import check_model_takes_positions, probe_document_attention
+
+            check_model_takes_positions(model, "options.packing=documents")
+            probe_document_attention(model, "options.packing=documents")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing == "documents" and multi_process():
+            return super().collator(ctx)  # padded rows of the same documents
+        return None
+
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing != "documents":
+            return super().collator(ctx)
+        from llmtune.packing import PaddingFreeCollator, layout_for
+
+        tok = ctx.tokenizer
+        return PaddingFreeCollator(
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            row_length=ctx.cfg.options.block_size,
+            layout=layout_for(ctx.cfg.model.attn_implementation),
+        )
 
     def check_tokenizer(self, tokenizer: Any, where: str | None) -> None:
         if tokenizer.eos_token_id is None:
@@ -306,9 +429,36 @@ class CausalLMTask(LMTask):
 
     def eval_view(self, ctx: RunContext, packed: Any, block_size: int) -> Any:
         stride = ctx.cfg.options.stride
+        if sample_by(ctx) == "stream":
+            # One stream: re-cut it into exact blocks (packing restarts a block every map batch).
+            return sliding_windows(packed, block_size, min(stride or block_size, block_size))
         if not stride:
             return packed
         return sliding_windows(packed, block_size, min(stride, block_size))
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        o = ctx.cfg.options
+        mode = sample_by(ctx)
+        from llmtune.data import is_text_data
+
+        if not is_text_data(ctx.cfg.data.dataset) and mode != "stream":
+            mode = "rows"
+        text = {
+            "rows": "each row a document followed by EOS",
+            "stream": "the text as one token stream (no EOS between lines)",
+            "line": "each line a document followed by EOS",
+            "paragraph": "each paragraph a document followed by EOS",
+            "document": "each file one document followed by EOS",
+        }[mode]
+        if o.stride and o.stride < o.block_size:
+            windows = (
+                f"windows of {o.block_size} tokens every {o.stride} (each token scored once, "
+                f"with at least {o.block_size - o.stride} tokens of context after the first window)"
+            )
+        else:
+            windows = f"non-overlapping blocks of {o.block_size} tokens (options.stride for a sliding window)"
+        how = "" if mode == "rows" else f" [options.sample_by={mode}]"
+        return f"perplexity over {text}{how} in {windows}"
 
 
 class MaskedLMTask(LMTask):
@@ -396,10 +546,23 @@ def pack_dataset(
     whole_words: bool = False,
     num_proc: int | None = None,
     desc: str | None = None,
+    layout: str = "blocks",
+    stream: bool = False,
 ) -> Any:
     """Tokenize ``text_column`` and pack it into blocks (columns: input_ids, special_tokens_mask
-    [, word_starts]). Works on ``Dataset`` (cached) and ``IterableDataset`` (lazy) alike."""
+    [, word_starts]). Works on ``Dataset`` (cached) and ``IterableDataset`` (lazy) alike.
+
+    ``layout`` (clm only): ``blocks`` concatenates documents into full blocks; ``documents`` and
+    ``padded`` keep one document per row, split into pieces of at most ``block_size`` tokens
+    (the collator then packs or pads them).
+
+    ``stream`` (clm): rows are pieces of one text (lines with their line breaks); each map batch
+    is joined and tokenized as one string, without EOS, the tokenizer's leading special tokens
+    (e.g. BOS) only at the start of the first batch."""
     from llmtune.data import column_names
+
+    if layout != "blocks" and objective != "clm":
+        raise ValueError("per-document layouts are for clm")
 
     eos = tokenizer.eos_token_id
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else eos
@@ -409,19 +572,34 @@ def pack_dataset(
         raise LlmtuneError(f"options.block_size {block_size} leaves no room for text after the special tokens")
     special_ids = set(tokenizer.all_special_ids)
 
-    def pack(batch: dict) -> dict:
-        texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
+    lead = special_frame(tokenizer)[0] if stream else []
+
+    def pack(batch: dict, indices: list[int]) -> dict:
+        if stream:
+            joined = "".join(t for t in batch[text_column] if isinstance(t, str))
+            texts = [joined] if joined else []
+        else:
+            texts = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
         if not texts:
             return {"input_ids": [], "special_tokens_mask": [], **({"word_starts": []} if whole_words else {})}
         # clm: the tokenizer's own template (e.g. Llama's BOS) + EOS; mlm: framing is per block.
-        enc = tokenizer(texts, add_special_tokens=objective == "clm")
-        stream: list[int] = []
+        enc = tokenizer(texts, add_special_tokens=objective == "clm" and not stream)
+        if stream:
+            head = lead if indices and indices[0] == 0 else []
+            ids = head + enc["input_ids"][0]
+            blocks = [ids[b : b + content] for b in range(0, len(ids), content)]
+            blocks = [b for b in blocks if len(b) >= 2]
+            return {
+                "input_ids": blocks,
+                "special_tokens_mask": [[1 if t in special_ids else 0 for t in b] for b in blocks],
+            }
+        stream_ids: list[int] = []
         starts: list[int] = []
         for i, ids in enumerate(enc["input_ids"]):
             closer = eos if objective == "clm" else sep
             tail = [] if ids and ids[-1] == closer else [closer]
-            stream.extend(ids)
-            stream.extend(tail)
+            stream_ids.extend(ids)
+            stream_ids.extend(tail)
             if whole_words:
                 words = enc.word_ids(i)
                 prev = None
@@ -429,9 +607,15 @@ def pack_dataset(
                     starts.append(1 if w is None or w != prev else 0)
                     prev = w
                 starts.extend([1] * len(tail))
+        if layout != "blocks":
+            docs = []
+            for ids in enc["input_ids"]:
+                ids = ids if ids and ids[-1] == eos else [*ids, eos]
+                docs.extend(p for p in (ids[b : b + content] for b in range(0, len(ids), content)) if len(p) >= 2)
+            return {"input_ids": docs, "special_tokens_mask": [[int(t in special_ids) for t in d] for d in docs]}
         blocks, block_starts = [], []
-        for begin in range(0, len(stream), content):
-            chunk = stream[begin : begin + content]
+        for begin in range(0, len(stream_ids), content):
+            chunk = stream_ids[begin : begin + content]
             if objective == "clm" and len(chunk) < 2:
                 continue  # a lone trailing token has nothing to predict (a block's first token is context)
             if objective == "mlm" and all(t in special_ids for t in chunk):
@@ -447,38 +631,68 @@ def pack_dataset(
             out["word_starts"] = block_starts
         return out
 
+    from llmtune.datacache import map_fingerprint
+
+    extra = {}
+    fingerprint = map_fingerprint(
+        ds, tokenizer, (__name__,), objective=objective, block_size=block_size, text_column=text_column,
+        batch_size=batch_size, whole_words=whole_words, layout=layout, stream=stream,
+    )  # fmt: skip
+    if fingerprint is not None:  # a Dataset: cached by what the blocks depend on (llmtune.datacache)
+        extra["new_fingerprint"] = fingerprint
     return _map(
         ds,
         pack,
         batched=True,
+        with_indices=True,
         batch_size=batch_size,
         remove_columns=column_names(ds),
         num_proc=num_proc,
         desc=desc,
+        **extra,
     )
 
 
 def sliding_windows(packed: Any, block_size: int, stride: int) -> Any:
-    """Overlapping eval windows over the split's whole token stream (the usual strided perplexity:
-    each token is a target once, with up to ``block_size - stride`` tokens of context)."""
+    """Eval windows over the split's whole token stream (the usual strided perplexity: each token
+    is a target once, with up to ``block_size - stride`` tokens of context; ``stride ==
+    block_size``: consecutive blocks). Built as Arrow arrays from numpy: memory is a few bytes
+    per token of the split, never Python lists of it."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from datasets import Dataset
 
-    stream = np.fromiter((t for row in packed for t in row["input_ids"]), dtype=np.int64)
-    windows, labels = [], []
-    prev_end = 0
-    for begin in range(0, len(stream), stride):
-        end = min(begin + block_size, len(stream))
-        target = end - prev_end
-        ids = stream[begin:end]
-        lab = ids.copy()
-        lab[: len(ids) - target] = -100
-        windows.append(ids.tolist())
-        labels.append(lab.tolist())
-        prev_end = end
-        if end == len(stream):
+    if getattr(packed, "_indices", None) is not None:
+        packed = packed.flatten_indices()
+    column = packed.data.column("input_ids")
+    stream = pc.list_flatten(column).to_numpy() if len(column) else np.zeros(0, dtype=np.int64)
+    stream = np.asarray(stream, dtype=np.int64)
+    n = len(stream)
+    begins, ends = [], []
+    for begin in range(0, n, stride):
+        end = min(begin + block_size, n)
+        begins.append(begin)
+        ends.append(end)
+        if end == n:
             break
-    return Dataset.from_dict({"input_ids": windows, "labels": labels})
+    begins_a, ends_a = np.asarray(begins, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    previous = np.concatenate([[0], ends_a[:-1]]) if len(ends_a) else ends_a
+    lengths = ends_a - begins_a
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate([stream[b:e] for b, e in zip(begins, ends, strict=True)]) if begins else stream
+    labels = ids.copy()
+    # Within each window, only the tokens past the previous window's end are targets.
+    context = lengths - (ends_a - previous)
+    position = np.arange(len(ids), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    labels[position < np.repeat(context, lengths)] = -100
+    table = pa.table(
+        {
+            "input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ids)),
+            "labels": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(labels)),
+        }
+    )
+    return Dataset(table)
 
 
 def fixed_masks(packed: Any, tokenizer: Any, options: Any, seed: int) -> Any:
@@ -615,11 +829,13 @@ class LMCollator:
 # perplexity
 
 
-def row_nll_and_count(logits: Any, labels: Any, shift: bool) -> Any:
+def row_nll_and_count(logits: Any, labels: Any, shift: bool, chunk_elements: int = NLL_CHUNK_ELEMENTS) -> Any:
     """Per row: [summed NLL of the predicted tokens, number of predicted tokens] (float32 [B, 2]).
 
     Runs on the device batch by batch, so the Trainer keeps two numbers per row instead of
-    [B, L, vocab] logits, and gathers them across processes for :func:`total_loss`.
+    [B, L, vocab] logits, and gathers them across processes for :func:`total_loss`. The logits
+    are upcast and scored a slice of positions at a time (``chunk_elements`` values), so
+    scoring adds a bounded amount of memory to the batch's logits whatever the vocabulary.
     """
     import torch
     import torch.nn.functional as F
@@ -628,11 +844,76 @@ def row_nll_and_count(logits: Any, labels: Any, shift: bool) -> Any:
         logits = logits[0]
     if shift:
         logits, labels = logits[:, :-1, :], labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(labels.shape)
+    rows, length, vocab = logits.shape
+    step = max(1, chunk_elements // max(1, rows * vocab))
+    total = torch.zeros(rows, dtype=torch.float32, device=logits.device)
+    for start in range(0, length, step):
+        part = labels[:, start : start + step]
+        nll = F.cross_entropy(
+            logits[:, start : start + step, :].float().reshape(-1, vocab),
+            part.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        )
+        total += nll.view(part.shape).sum(dim=1)
     valid = labels != -100
-    return torch.stack([(nll * valid).sum(dim=1), valid.sum(dim=1).float()], dim=1)
+    return torch.stack([total, valid.sum(dim=1).float()], dim=1)
+
+
+def lm_eval_step(shift: bool) -> Any:
+    """An eval step (see ``Task.eval_step``) for causal/masked LMs: the model's logits are reduced
+    to [summed NLL, token count] per row at once. The model is called without labels, so it
+    builds no loss tensors of its own (transformers' loss upcasts and copies the logits)."""
+    import inspect
+
+    def step(model: Any, inputs: dict) -> tuple[Any, Any, Any]:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        forward = getattr(model, "forward", model)
+        params = inspect.signature(forward).parameters
+        if "use_cache" not in inputs and (
+            "use_cache" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        ):
+            inputs["use_cache"] = False  # no KV cache to build: nothing is generated
+        outputs = model(**inputs)
+        rows = row_nll_and_count(outputs.logits, labels, shift)
+        del outputs
+        loss = rows[:, 0].sum() / rows[:, 1].sum().clamp(min=1)
+        # "labels": the per-row token counts; the Trainer only computes metrics when labels exist.
+        return loss, rows, rows[:, 1:]
+
+    return step
+
+
+def lm_eval_batch_args(ctx: RunContext, seq_len: int | None) -> dict:
+    """``per_device_eval_batch_size`` for LM eval when train.eval_batch_size is unset: twice the
+    training batch, lowered so one batch's fp32 logits stay under :data:`EVAL_LOGITS_BUDGET`."""
+    t = ctx.cfg.train
+    if t.eval_batch_size is not None or ctx.model is None or not seq_len:
+        return {}
+    head = ctx.model.get_output_embeddings() if hasattr(ctx.model, "get_output_embeddings") else None
+    vocab = getattr(head, "out_features", None) or getattr(ctx.model.config, "vocab_size", None) or len(ctx.tokenizer)
+    fits = max(1, EVAL_LOGITS_BUDGET // (int(seq_len) * int(vocab) * 4))
+    wanted = t.batch_size * 2
+    if fits >= wanted:
+        return {}
+    ctx.state["eval_batch_note"] = (
+        f"eval batch {fits} (not {wanted}): one batch of {seq_len} tokens x {vocab} vocabulary stays under "
+        f"{EVAL_LOGITS_BUDGET // 2**20} MiB of logits; set train.eval_batch_size (eval: --batch-size) to change"
+    )
+    return {"per_device_eval_batch_size": fits}
+
+
+def sample_by(ctx: RunContext) -> str:
+    """How a .txt is read: ``options.sample_by``, else stream when `llmtune eval` scores a clm."""
+    from llmtune.data import is_text_data
+
+    chosen = ctx.cfg.options.sample_by
+    if chosen is not None:
+        return chosen
+    if not ctx.training and ctx.cfg.task == "clm" and is_text_data(ctx.cfg.data.dataset):
+        return "stream"
+    return "line"
 
 
 def total_loss(rows: Any) -> tuple[float, int]:

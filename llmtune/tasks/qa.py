@@ -138,59 +138,100 @@ def read_squad_json(path: Path) -> Any:
 # post-processing
 
 
+def window_candidates(start_logits: Any, end_logits: Any, null_positions: Any, n_best_size: int) -> Any:
+    """Per window: the ``n_best_size`` best start and end positions with their scores, and the
+    null score (start + end logit at the window's CLS position), as one float row
+    ``[start_idx x k, start_score x k, end_idx x k, end_score x k, null]`` (numpy or torch).
+
+    This is all answer post-processing reads, so eval keeps these ``4k + 1`` numbers per window
+    instead of two logits per token. Positions are exact as floats (< 2**24).
+    """
+    if hasattr(start_logits, "topk"):  # torch, on the device, batch by batch
+        import torch
+
+        k = min(n_best_size, start_logits.shape[-1])
+        sv, si = start_logits.float().topk(k, dim=-1)
+        ev, ei = end_logits.float().topk(k, dim=-1)
+        null_positions = null_positions.long().unsqueeze(-1)
+        null = start_logits.float().gather(1, null_positions) + end_logits.float().gather(1, null_positions)
+        return torch.cat([si.float(), sv, ei.float(), ev, null], dim=1)
+    import numpy as np
+
+    starts, ends = np.asarray(start_logits, dtype=np.float64), np.asarray(end_logits, dtype=np.float64)
+    k = min(n_best_size, starts.shape[-1])
+    si = np.argsort(-starts, axis=-1, kind="stable")[:, :k]
+    ei = np.argsort(-ends, axis=-1, kind="stable")[:, :k]
+    rows = np.arange(len(starts))
+    nulls = np.asarray(null_positions, dtype=np.int64)
+    null = starts[rows, nulls] + ends[rows, nulls]
+    sv, ev = np.take_along_axis(starts, si, -1), np.take_along_axis(ends, ei, -1)
+    return np.concatenate([si, sv, ei, ev, null[:, None]], axis=1)
+
+
 def postprocess_predictions(
     contexts: list[str],
     feature_example: list[int],
     offsets: list[list[Any]],
-    start_logits: Any,
-    end_logits: Any,
+    start_logits: Any = None,
+    end_logits: Any = None,
     null_positions: list[int] | None = None,
     n_best_size: int = 20,
     max_answer_length: int = 30,
     version_2: bool = False,
     null_score_diff_threshold: float = 0.0,
+    candidates: Any = None,
 ) -> list[dict]:
-    """Best answer per example from window-level start/end logits.
+    """Best answer per example from window-level start/end logits (or their
+    :func:`window_candidates`, which is what evaluation keeps).
 
     ``feature_example[f]`` is the example index of window ``f``; ``offsets[f][t]`` the
     ``(start_char, end_char)`` of token ``t`` in the context, or None outside the context.
-    Returns per example ``{"text", "score", "null_score_diff"}`` (the last only for v2).
+    Returns per example ``{"text", "score", "null_score_diff"}`` (the last only for v2), plus the
+    answer's character ``start``/``end`` in the context when there is an answer.
     Hand-written (as in transformers' run_qa example): no library provides it.
     """
     import numpy as np
 
+    if candidates is None:
+        nulls = null_positions if null_positions is not None else [0] * len(feature_example)
+        candidates = window_candidates(np.asarray(start_logits), np.asarray(end_logits), nulls, n_best_size)
+    candidates = np.asarray(candidates, dtype=np.float64)
+    k = (candidates.shape[1] - 1) // 4 if len(candidates) else 0
+    k_used = min(k, n_best_size)
     by_example: dict[int, list[int]] = {}
     for f, ex in enumerate(feature_example):
         by_example.setdefault(ex, []).append(f)
     results = []
     for ex, context in enumerate(contexts):
-        best_text, best_score = "", -np.inf
+        best_text, best_score, best_span = "", -np.inf, None
         min_null = None
         for f in by_example.get(ex, []):
-            starts, ends = np.asarray(start_logits[f]), np.asarray(end_logits[f])
+            row = candidates[f]
+            start_idx, start_val = row[:k_used].astype(int), row[k : k + k_used]
+            end_idx, end_val = row[2 * k : 2 * k + k_used].astype(int), row[3 * k : 3 * k + k_used]
             offs = offsets[f]
-            null_pos = null_positions[f] if null_positions is not None else 0
-            null = float(starts[null_pos] + ends[null_pos])
+            null = float(row[4 * k])
             if min_null is None or null < min_null:
                 min_null = null
-            start_idx = np.argsort(starts)[-1 : -n_best_size - 1 : -1]
-            end_idx = np.argsort(ends)[-1 : -n_best_size - 1 : -1]
-            for s in start_idx:
+            for s, s_val in zip(start_idx, start_val, strict=True):
                 if s >= len(offs) or offs[s] is None:
                     continue
-                for e in end_idx:
+                for e, e_val in zip(end_idx, end_val, strict=True):
                     if e >= len(offs) or offs[e] is None or e < s or e - s + 1 > max_answer_length:
                         continue
-                    score = float(starts[s] + ends[e])
+                    score = float(s_val + e_val)
                     if score > best_score:
                         best_score = score
                         best_text = context[offs[s][0] : offs[e][1]]
-        result = {"text": best_text, "score": best_score if best_score > -np.inf else None}
+                        best_span = (int(offs[s][0]), int(offs[e][1]))
+        result: dict[str, Any] = {"text": best_text, "score": best_score if best_score > -np.inf else None}
         if version_2:
             diff = (min_null - best_score) if (min_null is not None and best_score > -np.inf) else float("inf")
             result["null_score_diff"] = diff if diff != float("inf") else None
             if diff > null_score_diff_threshold:
-                result["text"] = ""
+                result["text"], best_span = "", None
+        if best_span is not None:
+            result["start"], result["end"] = best_span
         results.append(result)
     return results
 
@@ -235,6 +276,8 @@ class QaTask(Task):
     description = "extractive question answering (SQuAD v1.1/v2.0 json or jsonl)"
     Options = QaOptions
     auto_model = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+    head_modules = ("qa_outputs",)
     main_metric = "f1"
     greater_is_better = True
     pipeline_tag = "question-answering"
@@ -372,15 +415,31 @@ class QaTask(Task):
 
         return DefaultDataCollator()
 
-    def _answers(self, ctx: RunContext, examples: Any, features: Any, start_logits: Any, end_logits: Any) -> list:
+    def eval_step(self, ctx: RunContext) -> Any:
+        n_best, cls_id = ctx.cfg.options.n_best_size, ctx.tokenizer.cls_token_id
+
+        def step(model: Any, inputs: dict) -> tuple[Any, Any, Any]:
+            import torch
+
+            outputs = model(**inputs)
+            ids = inputs["input_ids"]
+            if cls_id is not None:  # the window's null position, as in preprocessing: its first CLS
+                is_cls = ids == cls_id
+                null = torch.where(is_cls.any(dim=1), is_cls.int().argmax(dim=1), torch.zeros_like(ids[:, 0]))
+            else:
+                null = torch.zeros_like(ids[:, 0])
+            found = window_candidates(outputs.start_logits, outputs.end_logits, null, n_best)
+            return outputs.get("loss"), found, inputs.get("start_positions", null)
+
+        return step
+
+    def _answers(self, ctx: RunContext, examples: Any, features: Any, candidates: Any) -> list:
         o = ctx.cfg.options
         return postprocess_predictions(
             list(examples[o.context_column]),
             list(features["example_index"]),
             list(features["offset_mapping"]),
-            start_logits,
-            end_logits,
-            null_positions=list(features["null_position"]),
+            candidates=candidates,
             n_best_size=o.n_best_size,
             max_answer_length=o.max_answer_length,
             version_2=ctx.state["version_2"],
@@ -407,16 +466,14 @@ class QaTask(Task):
 
     def compute_metrics(self, ctx: RunContext) -> Any:
         def compute(eval_pred: Any) -> dict:
-            start_logits, end_logits = eval_pred.predictions[:2]
             examples, features = ctx.state["eval_examples"], ctx.state["eval_features"]
-            return self._score(ctx, examples, self._answers(ctx, examples, features, start_logits, end_logits))
+            return self._score(ctx, examples, self._answers(ctx, examples, features, eval_pred.predictions))
 
         return compute
 
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
         output = predict_outputs(trainer, split)
-        start_logits, end_logits = output.predictions[:2]
-        answers = self._answers(ctx, raw_split, split, start_logits, end_logits)
+        answers = self._answers(ctx, raw_split, split, output.predictions)
         metrics = dict(output.metrics)
         metrics.update({f"eval_{k}": v for k, v in self._score(ctx, raw_split, answers).items()})
         o = ctx.cfg.options
@@ -432,6 +489,54 @@ class QaTask(Task):
                 row["null_score_diff"] = None if diff is None else round(diff, 4)
             records.append({k: v for k, v in row.items() if v is not None or k == "prediction"})
         return metrics, records
+
+    # ---- inference -----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        o = ctx.cfg.options
+        for key, col in (("question", o.question_column), ("context", o.context_column)):
+            if col not in columns:
+                raise LlmtuneError(
+                    f"{key} column '{col}' (options.{key}_column) not found in the input; columns: {', '.join(columns)}"
+                )
+        ctx.columns = {"question": o.question_column, "context": o.context_column}
+        ctx.state["version_2"] = bool(o.version_2_with_negative)
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        """Answers through the training-time windowing and the eval post-processing."""
+        import numpy as np
+        import torch
+        from datasets import Dataset
+
+        o = ctx.cfg.options
+        examples = Dataset.from_list(
+            [
+                {o.question_column: str(r.get(o.question_column) or ""), o.context_column: str(r.get(o.context_column) or ""),
+                 o.answers_column: {"text": [], "answer_start": []}}
+                for r in rows
+            ]
+        )  # fmt: skip
+        features = self._features(ctx, examples, "predict")
+        inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+        from transformers import BatchEncoding
+
+        from llmtune.inference.predict import encode_device
+
+        starts, ends = [], []
+        size = max(1, settings.batch_size)
+        for at in range(0, len(features), size):
+            chunk = features[at : at + size]
+            enc = BatchEncoding({c: torch.tensor(chunk[c]) for c in inputs})
+            out = ctx.model(**encode_device(ctx, enc))
+            starts.append(out.start_logits.float().cpu().numpy())
+            ends.append(out.end_logits.float().cpu().numpy())
+        answers = self._answers(ctx, examples, features, np.concatenate(starts), np.concatenate(ends))
+        records = []
+        for row, answer in zip(examples, answers, strict=True):
+            record = {"question": row[o.question_column], "answer": answer["text"]}
+            record["start"], record["end"] = answer.get("start"), answer.get("end")
+            record["score"] = None if answer["score"] is None else round(float(answer["score"]), 4)
+            records.append(record)
+        return records
 
     def headline(self, metrics: dict) -> dict:
         return {

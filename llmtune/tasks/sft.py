@@ -14,14 +14,13 @@ are tokenized one by one without special tokens (as ``apply_chat_template`` does
 prompt's tokens are exactly what inference feeds the model. An EOS is appended to each
 assistant turn that lacks one, so the model learns to stop.
 
-``options.packing``: padding-free batches via ``DataCollatorWithFlattening`` (a batch is one
-row; ``position_ids`` restart at 0 for each example). transformers' masking utilities turn
-restarting position ids into a block-diagonal causal mask (eager/sdpa, used when no attention
-mask is passed) and FlashAttention reads them directly, so examples never attend to each other.
+``options.packing``: padding-free batches (:mod:`llmtune.packing`): each batch's examples are
+laid end to end in a few rows, ``position_ids`` restart at 0 for each example and attention
+stays within an example (block-diagonal on sdpa/eager/flex, varlen on FlashAttention-2), so the
+loss equals that of padded batches of the same examples, for less compute. Used for the eval
+loop too.
 
-``options.lora``: LoRA adapters via ``peft``; merged into the base weights when saving
-(``options.merge_lora``, default) with the adapters also kept in ``adapter/``, or saved as
-adapters only (loaded on top of the base model by ``llmtune eval``).
+LoRA/DoRA/IA3 and QLoRA: the shared ``peft:`` section (:mod:`llmtune.adapters`), as for every task.
 
 Evaluation: token-weighted loss and perplexity over the assistant tokens, plus greedy
 generations for the first ``options.num_samples`` validation prompts (predictions.jsonl).
@@ -30,12 +29,12 @@ generations for the first ``options.num_samples`` validation prompts (prediction
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.config import bounded
 from llmtune.errors import LlmtuneError, one_line
+from llmtune.inference.generation import END_OF_TURN, cut_at_end_of_turn, stop_token_ids  # noqa: F401 (re-exported)
 from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
@@ -58,8 +57,6 @@ CHAT_TEMPLATES = {
         "{% if not loop.last %}{{ '\\n' }}{% endif %}{% else %}{{ message['content'] + '\\n' }}{% endif %}{% endfor %}"
     ),
 }
-# End-of-turn markers stripped from generated text when they are not special tokens.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 @dataclass
@@ -77,18 +74,15 @@ class SFTOptions:
     chat_template: str | None = None
     # Padding-free packing of each batch (no cross-example attention; see the module doc).
     packing: bool = False
-    # Validation prompts whose greedy generations are exported, and their length limit.
-    num_samples: int = bounded(16, ge=0)
+    # Validation prompts whose greedy generations are exported (predictions.jsonl), and their
+    # length limit. None = 16 on a GPU, 0 on CPU, where generating dominates evaluation time.
+    num_samples: int | None = bounded(None, ge=0)
     max_new_tokens: int = bounded(128, ge=1)
-    # LoRA (pip install 'llmtune[peft]'): rank, scaling alpha, dropout and the module names to
-    # adapt (None = peft's default for the architecture; [all-linear] = every linear layer).
-    lora: bool = False
-    lora_r: int = bounded(16, ge=1)
-    lora_alpha: int = bounded(32, gt=0)
-    lora_dropout: float = bounded(0.05, ge=0, lt=1)
-    lora_target_modules: list[str] | None = None
-    # Save the base model with the adapters merged in (plus adapter/); false = adapters only.
-    merge_lora: bool = True
+    # Generation quality at evaluation (end of training and `llmtune eval`): greedy answers to
+    # this many eval rows (-1 = all, 0 = off) scored against the reference answers with
+    # eval_generation_metrics (rouge1/rouge2/rougeL/rougeLsum, bleu, chrf, exact_match).
+    eval_generation_rows: int = 0
+    eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
 
 
 class SFTTask(Task):
@@ -98,15 +92,34 @@ class SFTTask(Task):
     description = "supervised instruction tuning of a causal LM (prompt/response or chat messages), loss on answers"
     Options = SFTOptions
     auto_model = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
     main_metric = "perplexity"
     greater_is_better = False
     pipeline_tag = "text-generation"
+    generative = True
 
     # ---- config -------------------------------------------------------------------------------
+    def apply_defaults(self, cfg: Any, tree: dict) -> None:
+        # Packed batches have no padding to save: length grouping would only make them less random.
+        if cfg.options.packing and "group_by_length" not in (tree.get("train") or {}):
+            cfg.train.group_by_length = False
+
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
+        if o.eval_generation_rows < -1:
+            p.append(
+                f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
+            )
+        from llmtune.metrics.generation import GENERATION_METRICS
+
+        unknown = [m for m in o.eval_generation_metrics if m not in GENERATION_METRICS]
+        if unknown or not o.eval_generation_metrics:
+            p.append(
+                f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
         tpl = o.chat_template
         if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
             p.append(
@@ -220,103 +233,60 @@ class SFTTask(Task):
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
             model.config.pad_token_id = ctx.tokenizer.pad_token_id
         if ctx.cfg.options.packing:
-            import inspect
+            from llmtune.packing import check_model_takes_positions
 
-            if "position_ids" not in inspect.signature(model.forward).parameters:
-                raise LlmtuneError(
-                    f"options.packing needs a model that takes position_ids; {type(model).__name__} does not: "
-                    f"set options.packing=false"
-                )
-        if ctx.cfg.options.lora:
-            model = self._add_lora(ctx, model)
+            check_model_takes_positions(model, "options.packing")
         return model
 
-    def _add_lora(self, ctx: RunContext, model: Any) -> Any:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise LlmtuneError("options.lora needs peft: pip install 'llmtune[peft]'") from None
-        o = ctx.cfg.options
-        targets: Any = o.lora_target_modules
-        if targets in (["all-linear"], ["all_linear"]):
-            targets = "all-linear"
-        config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=o.lora_r,
-            lora_alpha=o.lora_alpha,
-            lora_dropout=o.lora_dropout,
-            target_modules=targets,
-        )
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as exc:
-            text = one_line(exc)
-            raise LlmtuneError(
-                f"LoRA cannot wrap {type(model).__name__}: {text}; set options.lora_target_modules "
-                f"(e.g. [q_proj, v_proj] or [all-linear])"
-            ) from exc
-        if ctx.cfg.train.gradient_checkpointing:
-            model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-        return model
-
-    def load_trained_model(self, ctx: RunContext) -> Any:
-        path = Path(ctx.model_path)
-        if not (path / "adapter_config.json").is_file() or (path / "config.json").is_file():
-            return super().load_trained_model(ctx)
-        # Adapters only (options.merge_lora=false): the base model, then the adapters on top.
-        import torch
-        import transformers
-
-        from llmtune.config import CONFIG_FILENAME, read_yaml
-
-        try:
-            from peft import PeftConfig, PeftModel
-        except ImportError:
-            raise LlmtuneError(f"{path} holds LoRA adapters: pip install 'llmtune[peft]' to load them") from None
-        trained = read_yaml(path / CONFIG_FILENAME).get("model", {}) if (path / CONFIG_FILENAME).is_file() else {}
-        base = trained.get("name_or_path") or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-        extra = {"gguf_file": trained["gguf_file"]} if trained.get("gguf_file") else {}
-        from llmtune.modeling import model_location
-
-        try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                model_location(base), dtype=torch.float32, **extra
-            )
-        except OSError as exc:
-            raise LlmtuneError(f"base model '{base}' of the adapters in {path} cannot be loaded: {exc}") from exc
-        return PeftModel.from_pretrained(model, str(path))
-
-    def collator(self, ctx: RunContext) -> Any:
+    def check_model(self, ctx: RunContext, model: Any) -> None:
         if ctx.cfg.options.packing:
-            return PackedCollator()
+            from llmtune.packing import probe_document_attention
+
+            probe_document_attention(model, "options.packing")
+
+    def eval_collator(self, ctx: RunContext) -> Any:
+        from llmtune.packing import multi_process
+
+        if ctx.cfg.options.packing and multi_process():
+            return self.padded_collator(ctx)
+        return None
+
+    def padded_collator(self, ctx: RunContext) -> Any:
         from transformers import DataCollatorForSeq2Seq
 
         # Pads input_ids/attention_mask with the pad token and labels with -100 (decoder-only is fine).
         return DataCollatorForSeq2Seq(ctx.tokenizer, label_pad_token_id=-100, padding=True)
 
-    def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
-        o = ctx.cfg.options
-        if not (o.lora and o.merge_lora):
-            return
-        import shutil
+    def collator(self, ctx: RunContext) -> Any:
+        if ctx.cfg.options.packing:
+            from llmtune.packing import PaddingFreeCollator, layout_for
 
-        # The Trainer saved adapters at the top level: keep them in adapter/, put the merged model there.
-        output_dir = Path(output_dir)
-        adapter_dir = output_dir / "adapter"
-        adapter_dir.mkdir(exist_ok=True)
-        for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-            if (output_dir / name).is_file():
-                shutil.move(str(output_dir / name), str(adapter_dir / name))
-        merged = ctx.model.merge_and_unload()
-        merged.save_pretrained(output_dir)
-        ctx.model = merged
+            tok = ctx.tokenizer
+            return PaddingFreeCollator(
+                pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                row_length=ctx.cfg.data.max_length,
+                layout=layout_for(ctx.cfg.model.attn_implementation),
+            )
+        return self.padded_collator(ctx)
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def preprocess_logits_for_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.tasks.lm import row_nll_and_count
+    def training_args(self, ctx: RunContext) -> dict:
+        from llmtune.modeling import tokenizer_max_length
+        from llmtune.tasks.lm import lm_eval_batch_args
+
+        # Packed or padded, an eval batch holds at most batch x max_length tokens.
+        return lm_eval_batch_args(ctx, min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer)))
+
+    def eval_step(self, ctx: RunContext) -> Any:
+        from llmtune.tasks.lm import lm_eval_step
 
         # Two numbers per row ([summed NLL, tokens]) instead of [B, L, vocab] logits.
-        return lambda logits, labels: row_nll_and_count(logits, labels, shift=True)
+        return lm_eval_step(shift=True)
+
+    def eval_note(self, ctx: RunContext) -> str | None:
+        if ctx.cfg.options.num_samples is None and num_samples(ctx) == 0:
+            return "no generated answers on CPU (slow): set options.num_samples=N to export N greedy answers"
+        return None
 
     def compute_metrics(self, ctx: RunContext) -> Any:
         from llmtune.tasks.lm import perplexity, total_loss
@@ -333,80 +303,107 @@ class SFTTask(Task):
         metrics = dict(output.metrics)
         if "eval_token_loss" in metrics:  # token-weighted, over the answer tokens
             metrics["eval_loss"] = metrics.pop("eval_token_loss")
-        n = ctx.cfg.options.num_samples
+        o = ctx.cfg.options
+        scored = o.eval_generation_rows
+        n = -1 if scored == -1 else max(num_samples(ctx), scored)
         if n == 0 or not trainer.is_world_process_zero():
             return metrics, []
-        rows = list(itertools.islice(iter(raw_split), n))
+        rows = list(raw_split) if n == -1 else list(itertools.islice(iter(raw_split), n))
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return metrics, self.generate_samples(ctx, model, rows, trainer.args.per_device_eval_batch_size)
+        records, run = self.generate_samples(ctx, model, rows, trainer.args.per_device_eval_batch_size)
+        if scored:
+            metrics.update(generation_quality(records if scored == -1 else records[:scored], run, o))
+        return metrics, records
 
-    def generate_samples(self, ctx: RunContext, model: Any, rows: list[dict], batch_size: int) -> list[dict]:
-        """Greedy answers to the last user turn of each row: {input, reference, prediction}."""
-        import torch
+    def generate_samples(self, ctx: RunContext, model: Any, rows: list[dict], batch_size: int) -> tuple[list, Any]:
+        """Greedy answers to the last user turn of each row: records {input, reference, prediction}
+        and the :class:`~llmtune.inference.generation.GenerationRun` (token counts, seconds)."""
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
 
-        tokenizer = ctx.tokenizer
         prompts, records = [], []
         for row in rows:
             messages = self.conversation(ctx, row)
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
             history = messages[:last] if last is not None else messages
-            prompts.append(render(tokenizer, history, add_generation_prompt=True))
+            prompts.append(render(ctx.tokenizer, history, add_generation_prompt=True))
             shown = history[-1]["content"] if "messages" not in ctx.columns else history
             reference = messages[last]["content"] if last is not None else None
             records.append({"input": shown, "reference": reference})
-        stop = stop_token_ids(tokenizer, model)
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(prompts), max(1, batch_size)):
-                chunk = prompts[start : start + batch_size]
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                with torch.no_grad():
-                    out = model.generate(
-                        **enc,
-                        max_new_tokens=ctx.cfg.options.max_new_tokens,
-                        do_sample=False,
-                        num_beams=1,
-                        eos_token_id=stop,
-                        pad_token_id=tokenizer.pad_token_id,
-                    )
-                new_tokens = out[:, enc["input_ids"].shape[1] :]
-                for j, text in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                    records[start + j]["prediction"] = cut_at_end_of_turn(text)
-        finally:
-            tokenizer.padding_side = side
-            model.train(was_training)
-        return records
+        run = generate_texts(model, ctx.tokenizer, prompts, greedy_settings(ctx.cfg.options.max_new_tokens), batch_size)
+        for record, out in zip(records, run.outputs, strict=True):
+            record["prediction"] = out.text
+        return records, run
+
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        """A messages column (the conversation so far) or a prompt column (+ input); txt: the line."""
+        from llmtune.data import pick_column
+
+        o = ctx.cfg.options
+        if o.messages_column or (not o.prompt_column and any(c in columns for c in MESSAGES_COLUMNS)):
+            col = pick_column(columns, o.messages_column, MESSAGES_COLUMNS, "messages", "options.messages_column")
+            ctx.columns = {"messages": col}
+            return
+        prompt = pick_column(columns, o.prompt_column, (*PROMPT_COLUMNS, "text"), "prompt", "options.prompt_column")
+        extra = o.input_column or next((c for c in INPUT_COLUMNS if c in columns and c != prompt), None)
+        if o.input_column and o.input_column not in columns:
+            raise LlmtuneError(
+                f"input column '{o.input_column}' (options.input_column) not found; columns: {', '.join(columns)}"
+            )
+        ctx.columns = {"prompt": prompt, "input": extra}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+
+        prompts, shown = [], []
+        for row in rows:
+            if "messages" in ctx.columns:
+                messages = normalize_messages(row.get(ctx.columns["messages"]), ctx.columns["messages"])
+                while messages and messages[-1]["role"] == "assistant":
+                    messages = messages[:-1]  # answer the last user turn
+                shown.append({"messages": messages})
+            else:
+                prompt = str(row.get(ctx.columns["prompt"]) or "")
+                extra = row.get(ctx.columns["input"]) if ctx.columns.get("input") else None
+                shown.append({"prompt": prompt, **({"input": extra} if extra else {})})
+                messages = [{"role": "user", "content": f"{prompt}\n\n{extra}" if extra else prompt}]
+            system = ctx.cfg.options.system_prompt
+            if system and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            prompts.append(render(ctx.tokenizer, messages, add_generation_prompt=True))
+        gen = settings.generation or greedy_settings(settings.max_new_tokens or ctx.cfg.options.max_new_tokens)
+        run = generate_texts(ctx.model, ctx.tokenizer, prompts, gen, batch_size=len(prompts))
+        return [{**s, "generated_text": g.text} for s, g in zip(shown, run.outputs, strict=True)]
 
     def headline(self, metrics: dict) -> dict:
         keep = ("loss", "perplexity", "tokens")
-        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
 
 
-# ---------------------------------------------------------------------------------------------
-# packing
+def generation_quality(records: list[dict], run: Any, options: Any) -> dict:
+    """eval_gen_* metrics: the generated answers scored against the references, and the speed."""
+    from llmtune.metrics.generation import score_generations
+
+    pairs = [(r["prediction"], r["reference"]) for r in records if r.get("reference") is not None]
+    scores = score_generations([p for p, _ in pairs], [r for _, r in pairs], options.eval_generation_metrics)
+    out = {f"eval_gen_{k}": v for k, v in scores.items()}
+    out["eval_gen_rows"] = len(pairs)
+    out["eval_gen_new_tokens"] = run.new_tokens
+    out["eval_gen_seconds"] = round(run.seconds, 3)
+    out["eval_gen_tokens_per_second"] = round(run.tokens_per_second, 2)
+    return out
 
 
-class PackedCollator:
-    """``DataCollatorWithFlattening`` (one row per batch, ``position_ids`` restarting at 0 for each
-    example, label -100 at each example start) that also passes ``use_cache=False``.
+def num_samples(ctx: RunContext) -> int:
+    """Generated answers to export: options.num_samples, else 16 on a GPU and none on CPU."""
+    chosen = ctx.cfg.options.num_samples
+    if chosen is not None:
+        return chosen
+    import torch
 
-    transformers derives the block-diagonal mask from restarting position ids only when no
-    attention mask and no KV cache are given; a model whose config has ``use_cache=True`` would
-    otherwise build a cache in forward and silently let examples attend to each other. (The
-    Trainer sets ``use_cache=False`` too; this keeps the collator correct on its own.)
-    """
-
-    def __init__(self) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.flatten(features)
-        batch["use_cache"] = False
-        return batch
+    return 16 if torch.cuda.is_available() else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,24 +476,6 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -
 
 def _tokens(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
-def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """EOS ids of the generation config and tokenizer, plus single-token end-of-turn markers."""
-    ids: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        ids += value if isinstance(value, list) else ([value] if value is not None else [])
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[marker] for marker in END_OF_TURN if marker in vocab]
-    return list(dict.fromkeys(ids))
-
-
-def cut_at_end_of_turn(text: str) -> str:
-    """Generated text up to the first end-of-turn marker (when it is plain text, not special)."""
-    for marker in END_OF_TURN:
-        text = text.split(marker, 1)[0]
-    return text.strip()
 
 
 TASKS = [SFTTask()]

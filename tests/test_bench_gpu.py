@@ -1,0 +1,49 @@
+"""benchmarks/bench_gpu.py in its CPU smoke mode (tiny model, 3 steps per variant), so the GPU
+benchmark keeps working between the runs on a GPU machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mfu_inputs():
+    bench = _load()
+    assert bench.peak_tflops("NVIDIA H100 PCIe", None) == 756.0
+    assert bench.peak_tflops("NVIDIA H200", None) == 989.0
+    assert bench.peak_tflops("Some GPU", None) is None and bench.peak_tflops(None, 100.0) == 100.0
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(bench.model_config(bench.SMOKE))
+    total = sum(p.numel() for p in model.parameters())
+    assert bench.matmul_params(model) == total  # tied embeddings: the shared matrix counts once
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="the GPU run is the real benchmark")
+def test_bench_gpu_smoke_runs_every_cpu_variant(tmp_path):
+    bench = _load()
+    assert bench.main(["--smoke", "--no-write", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    names = [r["name"] for r in data["results"]]
+    assert names == ["reference", "padded instead of packed", "+grad-ckpt", "plain Trainer"]
+    for r in data["results"]:
+        assert "error" not in r and r["tokens_per_s"] > 0 and r["useful_tokens_measured"] > 0
+    # every variant trains the same documents in the same order: packed, padded, checkpointed and
+    # the plain Trainer end at the same loss
+    losses = [r["final_loss"] for r in data["results"]]
+    assert max(losses) - min(losses) < 1e-3
+    assert any(s.startswith("FlashAttention-2: no CUDA GPU") for s in data["skipped"])
+    assert "| plain Trainer |" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,191 @@
+"""llmtune estimate: parameter counts equal the instantiated models', LoRA counts equal peft's,
+memory and FLOP arithmetic, bad input; measured memory in a subprocess (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmtune.estimate import (
+    Arch,
+    Params,
+    Setup,
+    budget_optimal,
+    count_parameters,
+    get_gpu,
+    memory,
+    meta_model,
+    training_flops,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def real_count(config, auto_class: str) -> int:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, auto_class).from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("preset", ["bert-tiny", "bert-mini", "bert-small", "bert-base", "gpt2-tiny", "gpt2-mini",
+                                    "gpt2-small", "llama-tiny"])  # fmt: skip
+def test_preset_counts_equal_instantiated(preset):
+    from llmtune.estimate import load_model_config
+
+    config = load_model_config(model_config=preset, vocab_size=1000)
+    auto = "AutoModelForMaskedLM" if preset.startswith("bert") else "AutoModelForCausalLM"
+    counted = count_parameters(meta_model(config, auto)).total
+    assert counted == real_count(config, auto)
+
+
+def shipped_offline_recipes() -> list[str]:
+    """Recipes whose model config is on this machine (presets, builtin: configs, package: models)."""
+    from llmtune.config import load_config
+    from llmtune.paths import resolve_location
+
+    names = []
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        cfg = load_config(recipe=str(path))
+        spec = cfg.model.config or cfg.model.name_or_path
+        from llmtune.presets import get_preset
+
+        if spec and (get_preset(spec) is not None or Path(resolve_location(spec)).expanduser().exists()):
+            names.append(path.stem)
+    return names
+
+
+@pytest.mark.parametrize("recipe", shipped_offline_recipes())
+def test_recipe_counts_equal_instantiated(recipe):
+    from llmtune.estimate import Request, resolve
+
+    target = resolve(Request(recipe=recipe))
+    if target.config.vocab_size > 8192 and "pretrain" in recipe:
+        # from scratch with a tokenizer not trained yet: a smaller vocabulary keeps the real build cheap
+        target = resolve(Request(recipe=recipe, vocab_size=8192))
+    counted = count_parameters(meta_model(target.config, target.auto_class)).total
+    assert counted == real_count(target.config, target.auto_class)
+
+
+def test_every_shipped_recipe_is_covered_or_needs_the_hub():
+    offline = set(shipped_offline_recipes())
+    assert {"clm-smoke", "mlm-smoke", "sft-smoke", "clm-pretrain", "sentiment-demo"} <= offline
+
+
+@pytest.mark.parametrize("preset,task", [("gpt2-tiny", None), ("llama-tiny", None), ("bert-tiny", "sentiment")])
+def test_lora_counts_equal_peft(preset, task):
+    import transformers
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from llmtune.estimate import load_model_config
+
+    config = load_model_config(model_config=preset, vocab_size=500)
+    auto = "AutoModelForSequenceClassification" if task else "AutoModelForCausalLM"
+    train_head = task is not None
+    est = count_parameters(meta_model(config, auto), lora_r=8, train_head=train_head)
+    real = getattr(transformers, auto).from_config(config)
+    peft_task = TaskType.SEQ_CLS if task else TaskType.CAUSAL_LM
+    model = get_peft_model(real, LoraConfig(r=8, target_modules="all-linear", task_type=peft_task))
+    trainable, total = model.get_nb_trainable_parameters()
+    assert est.trainable == trainable
+    assert est.total == total
+
+
+def test_memory_arithmetic_by_precision_and_sharding():
+    arch = Arch("llama", 4, 256, 4, 2, 64, 688, 32000, gated_mlp=True, rms_norm=True)
+    p = Params(total=1_000_000, trainable=1_000_000, embedding=0, largest_block=100_000)
+    fp32 = memory(arch, p, Setup(precision="fp32"))
+    assert (fp32.weights, fp32.gradients, fp32.optimizer) == (4e6, 4e6, 8e6)
+    pure = memory(arch, p, Setup(precision="pure-bf16"))
+    assert (pure.weights, pure.gradients, pure.optimizer) == (2e6, 2e6, 4e6)
+    ddp = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="ddp"))
+    assert ddp.buffers == ddp.gradients == 4e6  # DDP buckets
+    z2 = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="zero2"))
+    assert (z2.weights, z2.gradients, z2.optimizer) == (4e6, 1e6, 2e6)
+    z3 = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="zero3"))
+    assert (z3.weights, z3.gradients, z3.optimizer) == (1e6, 1e6, 2e6) and z3.buffers == 2 * 100_000 * 2
+    ckpt = memory(arch, p, Setup(precision="mixed", gradient_checkpointing=True))
+    assert ckpt.activations < memory(arch, p, Setup(precision="mixed")).activations
+    assert memory(arch, p, Setup(batch_size=2)).activations == pytest.approx(
+        2 * memory(arch, p, Setup(batch_size=1)).activations
+    )
+
+
+def test_flops_and_budget():
+    arch = Arch("gpt2", 12, 768, 12, 12, 64, 3072, 50257)
+    p = Params(total=124_000_000, trainable=124_000_000, embedding=786_432, largest_block=7_000_000)
+    flops = training_flops(arch, p, 1e9, 1024)
+    assert flops == pytest.approx(6 * (124_000_000 - 786_432) * 1e9 + 12 * 12 * 768 * 1024 * 1e9)
+    n, d, c = budget_optimal(1000, get_gpu("h100"), 0.4)
+    assert c == pytest.approx(1000 * 3600 * 989e12 * 0.4) and d == pytest.approx(20 * n)
+    assert 6 * n * d == pytest.approx(c) and math.isclose(n, 3.44e9, rel_tol=0.01)
+
+
+def test_cli_verdict_and_knobs(cli):
+    result = cli("estimate", "--model-config", "gpt2-small", "--batch-size", "64", "--seq-len", "1024", "--gpu", "t4",
+                 "--tokens", "1e9")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "124,439,808" in result.output and "does NOT fit on t4" in result.output
+    assert "would fit with:" in result.output and "gradient accumulation" in result.output
+    assert "training FLOPs" in result.output and "GPU-hours" in result.output
+    fits = cli("estimate", "--recipe", "clm-smoke", "--gpu", "h100", "--lora-r", "4")
+    assert fits.exit_code == 0 and "fits on h100" in fits.output and "LoRA" in fits.output
+    budget = cli("estimate", "--gpu-hours", "1000", "--gpu", "h100")
+    assert budget.exit_code == 0 and "3.44B parameters" in budget.output
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model-config", "gpt2-tiny", "--gpu", "h1000"], "known: b200"),
+        (["--model-config", "gpt2-tiny", "--batch-size", "0"], "--batch-size must be > 0"),
+        (["--model-config", "gpt2-tiny", "--tokens", "-5"], "--tokens must be > 0"),
+        (["--model-config", "gpt2-tiny", "--gpus", "0"], "--gpus must be > 0"),
+        (["--model-config", "gpt2-tiny", "--precision", "int3"], "--precision must be one of"),
+        (["--model-config", "gpt2-tiny", "--sharding", "zero9"], "--sharding must be one of"),
+        (["--model-config", "./missing/config.json"], "model config not found"),
+        (["--model", "./missing-folder"], "model folder not found"),
+        (["--model-config", "gpt2-tiny", "--mfu", "2"], "--mfu must be in"),
+        ([], "nothing to estimate"),
+    ],
+)
+def test_bad_input_one_line(cli, args, needle):
+    result = cli("estimate", *args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_unbuildable_config(cli, tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"model_type": "gpt2", "n_embd": 30, "n_head": 4, "n_layer": 2}))  # 30 % 4 != 0
+    result = cli("estimate", "--model-config", bad)
+    assert result.exit_code == 2 and "cannot build" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_estimate_matches_measured_cpu_memory():
+    """Weights+grads+AdamW within 10 % and activations within 25 % of what a CPU process allocates."""
+    from benchmarks.bench_estimate import estimate
+
+    case = ["gpt2-mini clm fp32", "gpt2-mini", "clm", 8000, 4, 128, "fp32", False]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
+    code = (
+        "import json; from benchmarks.bench_estimate import child; "
+        f"print('RESULT', json.dumps(child(json.loads({json.dumps(case)!r}))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    est = estimate(case)
+    assert measured["params"] == est["params"]
+    assert abs(est["static"] / measured["static"] - 1) <= 0.10, (est, measured)
+    assert abs(est["activations"] / measured["activations"] - 1) <= 0.25, (est, measured)
+    assert measured["static"] > 50 * 2**20  # a real allocation was measured (5.5M parameters x 16 bytes)
