@@ -318,7 +318,7 @@ def make_cases():
     def _(d, m):
         return c(["--dataset", good_csv(d), "--set", "train.lr_scheduler=cosinus"])
 
-    @add("unknown-reporter", "train.report_to must be none, all, or some of")
+    @add("unknown-reporter", "--set train.report_to: tensorbored unknown; integrations:")
     def _(d, m):
         return c(["--dataset", good_csv(d), "--set", "train.report_to=tensorbored"])
 
