@@ -44,6 +44,85 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+# ---------------------------------------------------------------------------------------------
+# value checks declared on the fields: one mechanism for every section and every task's Options
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed range of a numeric field (None = unbounded); ``special`` values are allowed too."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    special: tuple = ()
+    # what the special values mean, for the message (e.g. "-1 = train for train.epochs")
+    note: str = ""
+
+    def ok(self, value: float) -> bool:
+        if value in self.special:
+            return True
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+
+    def describe(self) -> str:
+        if self.ge is not None and self.le is not None:
+            text = f"between {_num(self.ge)} and {_num(self.le)}"
+        else:
+            parts = [f"{op} {_num(v)}" for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))]
+            text = " and ".join(p for p in parts if not p.endswith("None"))
+        if self.special:
+            text += f", or {' or '.join(_num(v) for v in self.special)}"
+        return text + self.note
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def bounded(default: Any, **bounds: Any) -> Any:
+    """A dataclass field whose value is range-checked (``None`` always passes for optional fields)."""
+    return field(default=default, metadata={"bounds": Bounds(**bounds)})
+
+
+def choice(default: Any, *choices: str) -> Any:
+    """A dataclass field that takes one of ``choices``."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def field_problems(obj: Any, name_of: Any) -> list[str]:
+    """Range and choice problems of a dataclass instance; ``name_of(field)`` names the key or flag."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        bounds, choices = f.metadata.get("bounds"), f.metadata.get("choices")
+        if value is None:
+            continue
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if bounds is not None and is_number and not bounds.ok(value):
+            problems.append(f"{name_of(f.name)} must be {bounds.describe()}, got {_num(value)}")
+        if choices is not None and isinstance(value, str) and value not in choices:
+            problems.append(f"{name_of(f.name)} must be one of {', '.join(choices)}, got {value!r}")
+    return problems
+
+
+# transformers' SchedulerType values (kept here: this module must not import transformers)
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+)  # fmt: skip
+# transformers' reporting integrations (``report_to``)
+REPORT_TO = (
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow", "neptune",
+    "swanlab", "tensorboard", "trackio", "wandb",
+)  # fmt: skip
+
+
 @dataclass
 class ModelArgs:
     # Hub id, local folder, or ``package:<python package>/<subdir>`` for a model shipped in a
@@ -76,38 +155,39 @@ class DataArgs:
     eval_split: str | None = None
     test_split: str | None = None
     # Fraction of train carved off for validation when the data has no eval split (0 = none).
-    validation_split: float = 0.1
+    validation_split: float = bounded(0.1, ge=0, lt=1, note=" (0 = no validation split)")
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
-    max_length: int = 256
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    max_length: int = bounded(256, ge=8)
+    max_train_samples: int | None = bounded(None, ge=1)
+    max_eval_samples: int | None = bounded(None, ge=1)
     streaming: bool = False
-    shuffle_buffer_size: int = 10_000
-    num_proc: int | None = None
+    shuffle_buffer_size: int = bounded(10_000, ge=1)
+    num_proc: int | None = bounded(None, ge=1)
 
 
 @dataclass
 class TrainArgs:
     # None = ``outputs/<task>``.
     output_dir: str | None = None
-    epochs: float = 3.0
-    # > 0 overrides epochs.
-    max_steps: int = -1
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    eval_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    # epoch | steps | no
-    eval_strategy: str = "epoch"
-    eval_steps: int | None = None
-    save_total_limit: int | None = 2
+    epochs: float = bounded(3.0, gt=0)
+    # > 0 overrides epochs; -1 = train for ``epochs``.
+    max_steps: int = bounded(-1, gt=0, special=(-1,), note=" to train for train.epochs instead")
+    learning_rate: float = bounded(5e-5, gt=0)
+    batch_size: int = bounded(16, ge=1)
+    eval_batch_size: int | None = bounded(None, ge=1)
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    warmup_ratio: float = bounded(0.0, ge=0, lt=1)
+    weight_decay: float = bounded(0.0, ge=0)
+    lr_scheduler: str = choice("linear", *LR_SCHEDULERS)
+    # 0 = no clipping
+    max_grad_norm: float = bounded(1.0, ge=0)
+    # torch/numpy seeds are unsigned 32-bit
+    seed: int = bounded(42, ge=0, le=2**32 - 1)
+    eval_strategy: str = choice("epoch", "epoch", "steps", "no")
+    eval_steps: int | None = bounded(None, ge=1)
+    save_total_limit: int | None = bounded(2, ge=1)
     # Keep a checkpoint (weights + optimizer state) of the last step of a completed run, e.g. to
     # extend the run later with --resume. Off: the saved model is the result; checkpoints are
     # written at save points during training and when a signal stops the run.
@@ -115,8 +195,8 @@ class TrainArgs:
     load_best_model_at_end: bool = True
     # None = the task's main metric.
     metric_for_best_model: str | None = None
-    early_stopping_patience: int | None = None
-    logging_steps: int = 50
+    early_stopping_patience: int | None = bounded(None, ge=1)
+    logging_steps: int = bounded(50, ge=1)
     # auto | fp32 | bf16 | fp16. auto = bf16 mixed precision on GPUs that have it (fp16 on older
     # CUDA GPUs), fp32 on CPU; TF32 matmuls are switched on on Ampere and newer GPUs.
     precision: str = "auto"
@@ -136,12 +216,12 @@ class TrainArgs:
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
-    group_by_length_batches: int = 4
-    dataloader_num_workers: int = 0
+    group_by_length_batches: int = bounded(4, ge=1)
+    dataloader_num_workers: int = bounded(0, ge=0)
     # Page-locked host batches for faster host-to-GPU copies; None = on when a CUDA GPU is used.
     dataloader_pin_memory: bool | None = None
     # Batches each worker prepares ahead (needs dataloader_num_workers > 0; None = torch's 2).
-    dataloader_prefetch_factor: int | None = None
+    dataloader_prefetch_factor: int | None = bounded(None, ge=1)
     # Keep workers alive between epochs/evaluations (needs dataloader_num_workers > 0).
     dataloader_persistent_workers: bool = False
     overwrite: bool = False
@@ -223,6 +303,27 @@ class RunConfig:
         tmp.replace(path)
         return path
 
+
+# The CLI flag behind a config key, for messages (a flag not listed is named after its key).
+FLAG_NAMES = {
+    "model.name_or_path": "--model",
+    "model.config": "--model-config",
+    "model.tokenizer": "--tokenizer",
+    "model.trust_remote_code": "--trust-remote-code",
+    "model.gguf_file": "--gguf-file",
+    "data.dataset": "--dataset",
+    "data.streaming": "--streaming",
+    "train.output_dir": "--output-dir",
+    "train.epochs": "--epochs",
+    "train.max_steps": "--max-steps",
+    "train.learning_rate": "--lr",
+    "train.batch_size": "--batch-size",
+    "train.gradient_accumulation_steps": "--grad-accum",
+    "train.seed": "--seed",
+    "train.overwrite": "--overwrite",
+    "train.resume": "--resume",
+    "options.block_size": "--block-size",
+}
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
@@ -309,8 +410,12 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return value
 
 
-def build_dataclass(cls: type, values: dict | None, prefix: str, problems: list[str]) -> Any:
-    """Instantiate ``cls`` from ``values``; unknown keys and type errors go to ``problems``."""
+def build_dataclass(
+    cls: type, values: dict | None, prefix: str, problems: list[str], range_problems: list[str] | None = None
+) -> Any:
+    """Instantiate ``cls`` from ``values``; unknown keys and type errors go to ``problems``,
+    out-of-range values and bad choices (declared on the fields with :func:`bounded` /
+    :func:`choice`) to ``range_problems`` (default: ``problems``)."""
     values = values or {}
     if not isinstance(values, dict):
         problems.append(f"{prefix} must be a mapping of keys to values, got {values!r}")
@@ -324,7 +429,10 @@ def build_dataclass(cls: type, values: dict | None, prefix: str, problems: list[
             problems.append(f"unknown key '{full}'; valid keys under '{prefix}': {', '.join(names)}")
             continue
         kwargs[key] = _coerce(value, hints[key], full, problems)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    target = problems if range_problems is None else range_problems
+    target.extend(field_problems(obj, lambda name: f"{prefix}.{name}" if prefix else name))
+    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +476,37 @@ def apply_override(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def file_origins(tree: dict, source: str) -> dict[str, tuple[str, str]]:
+    """``section.key`` -> ("file", source) for every key a recipe/config file sets."""
+    origins: dict[str, tuple[str, str]] = {}
+    for key, value in tree.items():
+        origins[str(key)] = ("file", source)
+        if isinstance(value, dict):
+            for sub in value:
+                origins[f"{key}.{sub}"] = ("file", source)
+    return origins
+
+
+def merge_overrides(
+    tree: dict,
+    origins: dict[str, tuple[str, str]],
+    sets: list[str] | None,
+    flags: dict[str, Any] | None,
+    flag_names: dict[str, str] | None = None,
+) -> None:
+    """Apply ``--set`` items, then explicit flags (None = not given), recording where each key
+    came from so that a problem names the flag, the ``--set`` or the file that supplied the value."""
+    for key, value in parse_set_overrides(sets):
+        apply_override(tree, key, value)
+        origins[key] = ("set", key)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            apply_override(tree, key, value)
+            names = FLAG_NAMES if flag_names is None else flag_names
+            name = names.get(key) or "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+            origins[key] = ("flag", name)
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -394,11 +533,18 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(tree: dict, source: str | None = None, validate: bool = True) -> RunConfig:
-    """Turn a merged dict (recipe + overrides) into a validated :class:`RunConfig`."""
+def build_config(
+    tree: dict, source: str | None = None, validate: bool = True, origins: dict[str, tuple[str, str]] | None = None
+) -> RunConfig:
+    """Turn a merged dict (recipe + overrides) into a validated :class:`RunConfig`.
+
+    ``origins`` maps dotted keys to where their value came from (see :func:`merge_overrides`);
+    problems are reported against that source. Without it, ``source`` names the file.
+    """
     from llmtune.tasks import get_task  # torch-free by contract
 
     problems: list[str] = []
+    ranges: list[str] = []  # reported with the cross-field problems: all at once
     for key in tree:
         if key not in TOP_LEVEL_KEYS:
             problems.append(f"unknown key '{key}'; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
@@ -416,7 +562,7 @@ def build_config(tree: dict, source: str | None = None, validate: bool = True) -
     if "description" in tree:
         cfg.description = str(tree["description"] or "")
     for name, cls in SECTIONS.items():
-        setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems))
+        setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems, ranges))
     if task is not None:
         options = tree.get("options")
         if isinstance(options, dict):
@@ -424,21 +570,28 @@ def build_config(tree: dict, source: str | None = None, validate: bool = True) -
             for key in [k for k in options if f"options.{k}" in MOVED_KEYS and k not in known]:
                 problems.append(f"options.{key} moved to the peft section: use {MOVED_KEYS[f'options.{key}']}")
             options = {k: v for k, v in options.items() if not (f"options.{k}" in MOVED_KEYS and k not in known)}
-        cfg.options = build_dataclass(task.Options, options, "options", problems)
+        cfg.options = build_dataclass(task.Options, options, "options", problems, ranges)
         task.apply_defaults(cfg, tree)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(problems + ranges, source, origins)
     if validate:
-        validate_config(cfg, task, source)
+        validate_config(cfg, task, source, origins, ranges)
+    elif ranges:
+        raise ConfigError(ranges, source, origins)
     return cfg
 
 
-def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> None:
-    """Cross-field checks, all collected and reported at once."""
-    p: list[str] = []
+def validate_config(
+    cfg: RunConfig,
+    task: Any,
+    source: str | None = None,
+    origins: dict[str, tuple[str, str]] | None = None,
+    problems: list[str] | None = None,
+) -> None:
+    """Cross-field checks (single-field ranges and choices are declared on the fields), all
+    collected and reported at once, after ``problems`` already found."""
+    p: list[str] = list(problems or [])
     t, d = cfg.train, cfg.data
-    if t.eval_strategy not in ("epoch", "steps", "no"):
-        p.append(f"train.eval_strategy must be epoch, steps or no, got {t.eval_strategy!r}")
     if t.eval_strategy == "steps" and not t.eval_steps:
         p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
     if t.precision not in PRECISIONS:
@@ -454,40 +607,13 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append("train.compile_mode / train.compile_fallback need train.compile=true")
     if t.optim not in OPTIMIZERS:
         p.append(f"train.optim must be one of {', '.join(OPTIMIZERS)}, got {t.optim!r}")
-    if t.dataloader_prefetch_factor is not None and t.dataloader_prefetch_factor < 1:
-        p.append(f"train.dataloader_prefetch_factor must be >= 1, got {t.dataloader_prefetch_factor}")
     if t.dataloader_num_workers == 0 and (t.dataloader_prefetch_factor is not None or t.dataloader_persistent_workers):
         p.append(
             "train.dataloader_prefetch_factor / train.dataloader_persistent_workers need worker processes: "
             "set train.dataloader_num_workers >= 1"
         )
-    if t.learning_rate <= 0:
-        p.append(f"train.learning_rate (--lr) must be > 0, got {t.learning_rate}")
-    if t.batch_size < 1:
-        p.append(f"train.batch_size (--batch-size) must be >= 1, got {t.batch_size}")
-    if t.eval_batch_size is not None and t.eval_batch_size < 1:
-        p.append(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
-    if t.gradient_accumulation_steps < 1:
-        p.append(f"train.gradient_accumulation_steps must be >= 1, got {t.gradient_accumulation_steps}")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        p.append("set train.epochs (--epochs) > 0 or train.max_steps (--max-steps) > 0")
-    if not 0 <= t.warmup_ratio < 1:
-        p.append(f"train.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    if t.weight_decay < 0:
-        p.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
-    if t.save_total_limit is not None and t.save_total_limit < 1:
-        p.append(f"train.save_total_limit must be >= 1 or null, got {t.save_total_limit}")
-    if t.early_stopping_patience is not None:
-        if t.early_stopping_patience < 1:
-            p.append(f"train.early_stopping_patience must be >= 1, got {t.early_stopping_patience}")
-        if t.eval_strategy == "no":
-            p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
-    if t.group_by_length_batches < 1:
-        p.append(f"train.group_by_length_batches must be >= 1, got {t.group_by_length_batches}")
-    if t.logging_steps < 1:
-        p.append(f"train.logging_steps must be >= 1, got {t.logging_steps}")
-    if t.dataloader_num_workers < 0:
-        p.append(f"train.dataloader_num_workers must be >= 0, got {t.dataloader_num_workers}")
+    if t.early_stopping_patience is not None and t.eval_strategy == "no":
+        p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
     from llmtune.progress import PROGRESS_MODES
 
     if t.progress not in PROGRESS_MODES:
@@ -498,23 +624,16 @@ def validate_config(cfg: RunConfig, task: Any, source: str | None = None) -> Non
         p.append("--resume and --overwrite conflict: --overwrite deletes the checkpoints --resume continues from")
     if t.resume is not None and not str(t.resume).strip():
         p.append("train.resume (--resume) must be 'auto' or a checkpoint folder, got an empty value")
-    if not 0 <= d.validation_split < 1:
-        p.append(f"data.validation_split must be in [0, 1) (0 = no validation split), got {d.validation_split}")
-    if d.max_length < 8:
-        p.append(f"data.max_length must be >= 8, got {d.max_length}")
-    for key in ("max_train_samples", "max_eval_samples"):
-        value = getattr(d, key)
-        if value is not None and value < 1:
-            p.append(f"data.{key} must be >= 1 or null, got {value}")
+    unknown = [r for r in t.report_to if r not in (*REPORT_TO, "none", "all")]
+    if unknown:
+        p.append(f"train.report_to: {', '.join(unknown)} unknown; integrations: none, all, {', '.join(REPORT_TO)}")
     if d.streaming and t.max_steps <= 0:
-        p.append("data.streaming (--streaming) needs train.max_steps (--max-steps): a stream has no known length")
-    if d.shuffle_buffer_size < 1:
-        p.append(f"data.shuffle_buffer_size must be >= 1, got {d.shuffle_buffer_size}")
+        p.append("data.streaming needs train.max_steps (--max-steps): a stream has no known length")
     p.extend(peft_problems(cfg))
     if task is not None:
         p.extend(task.validate(cfg))
     if p:
-        raise ConfigError(p, source)
+        raise ConfigError(p, source, origins)
 
 
 def peft_problems(cfg: RunConfig) -> list[str]:
@@ -552,12 +671,15 @@ def load_config(
     sets: list[str] | None = None,
     flags: dict[str, Any] | None = None,
     validate: bool = True,
+    flag_names: dict[str, str] | None = None,
+    task_flag: str = "--task",
 ) -> RunConfig:
     """Merge defaults < recipe YAML < ``--set`` overrides < explicit flags, then validate.
 
     ``recipe`` is a recipe name or a YAML path; with no recipe, the task's default recipe (the
     one named after the task, if shipped) is used. ``flags`` maps dotted keys to values; None
-    values (flags not given) are ignored.
+    values (flags not given) are ignored. ``flag_names`` maps dotted keys to the flag that set
+    them (``train.learning_rate`` -> ``--lr``), for messages.
     """
     from llmtune.recipes import find_recipe, task_default_recipe
 
@@ -575,6 +697,7 @@ def load_config(
             source = str(path)
             implicit = True
     recipe_tree = copy.deepcopy(tree)
+    origins = file_origins(tree, source) if source else {}
     if task is not None:
         from llmtune.tasks import get_task
 
@@ -583,15 +706,14 @@ def load_config(
         # Tasks of one family (e.g. sentiment / text-classification) accept each other's recipes.
         if recipe is not None and recipe_task is not None and get_task(str(recipe_task)).family != wanted.family:
             raise ConfigError(
-                [f"--task {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"],
+                [
+                    f"{task_flag} {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"
+                ],
                 source,
             )
         tree["task"] = task
-    for key, value in parse_set_overrides(sets):
-        apply_override(tree, key, value)
-    for key, value in (flags or {}).items():
-        if value is not None:
-            apply_override(tree, key, value)
+        origins["task"] = ("flag", task_flag)
+    merge_overrides(tree, origins, sets, flags, flag_names)
     given = {key for key, _ in parse_set_overrides(sets)} | {k for k, v in (flags or {}).items() if v is not None}
     skipped = {}
     if implicit and "train.batch_size" in given and "train.gradient_accumulation_steps" not in given:
@@ -604,7 +726,7 @@ def load_config(
         (tree.get("data") or {}).pop("config_name", None)  # a configuration of the recipe's dataset
     if "description" in tree and _replaces_model_or_data(recipe_tree, tree):
         tree.pop("description")  # it describes the recipe's model and data, not this run's
-    cfg = build_config(tree, source, validate=validate)
+    cfg = build_config(tree, source, validate=validate, origins=origins)
     if implicit:
         cfg.recipe_defaults = {**_recipe_values(recipe_tree, tree, cfg), **skipped}
         cfg.recipe_source = Path(source).name if source else ""

@@ -17,6 +17,11 @@ def echo(msg: str = "", err: bool = False) -> None:
         print(msg, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+def warn(msg: str) -> None:
+    """A one-line warning on stderr (main process only): for data the user may mean, but should know about."""
+    echo(f"warning: {msg}", err=True)
+
+
 def metrics_table(title: str, metrics: dict) -> str:
     rows = [(k, v) for k, v in metrics.items() if v is not None]
     if not rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.config import DataArgs
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, one_line
 from llmtune.paths import resolve_location
 
 # extension -> (datasets builder, extra builder kwargs)
@@ -101,31 +101,68 @@ def check_local_file(path: Path, any_extension: bool = False) -> None:
         raise LlmtuneError(f"unsupported dataset file type '{path.suffix}' for {path}; use one of {', '.join(FORMATS)}")
 
 
+def _strict_json(text: str) -> Any:
+    """``json.loads`` that, like the Arrow reader, refuses NaN and Infinity."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON (use null or a number)")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _json_line_problem(lineno: int, text: str) -> str | None:
+    try:
+        value = _strict_json(text)
+    except json.JSONDecodeError as exc:
+        # exc.colno counts characters from 1 on this line, as editors do
+        return f"line {lineno}, column {exc.colno} is not valid JSON ({exc.msg}): fix or remove the line"
+    except ValueError as exc:
+        return f"line {lineno}: {exc}"
+    if not isinstance(value, dict):
+        return f"line {lineno} is not a JSON object ({{...}}) but {type(value).__name__}: one object per line"
+    return None
+
+
+def _is_json_lines(path: Path) -> bool:
+    """Whether a .json file holds one object per line (JSON Lines) rather than one document."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        return isinstance(_strict_json(first), dict)
+    except ValueError:
+        return False
+
+
 def diagnose_file(path: Path) -> str | None:
-    """Find why a local file failed to load: the first bad line, bad encoding, no rows."""
+    """Find why a local file failed to load: the first bad line (with its column), bad encoding,
+    no rows."""
     ext = _ext(path)
     if ext == ".parquet":
         return None
     try:
+        json_lines = ext == ".jsonl" or (ext == ".json" and _is_json_lines(path))
         with open(path, "rb") as fh:
             for lineno, line in enumerate(fh, start=1):
                 try:
                     text = line.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     return f"line {lineno} is not valid UTF-8 ({exc.reason}): re-encode the file as UTF-8"
-                if ext == ".jsonl" and text.strip():
-                    try:
-                        json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        return f"line {lineno} is not valid JSON ({exc.msg}, column {exc.colno}): fix or remove it"
+                if lineno == 1:
+                    text = text.removeprefix("\ufeff")
+                if json_lines and text.strip():
+                    problem = _json_line_problem(lineno, text)
+                    if problem:
+                        return problem
     except OSError as exc:
         return f"cannot read it: {exc.strerror}"
-    if ext == ".json":
+    if ext == ".json" and not json_lines:
         try:
-            json.loads(path.read_text(encoding="utf-8"))
+            _strict_json(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             return f"invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
-        except (UnicodeDecodeError, OSError):
+        except ValueError as exc:
+            return str(exc)
+        except OSError:
             pass
     return None
 
@@ -150,6 +187,12 @@ def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: s
                 )
         for p in paths:
             check_local_file(p)
+            if _ext(p) == ".json":
+                # datasets reads an invalid .json document leniently (a prefix of it, or none of
+                # its rows): check it parses before loading, so a broken file is never half-read.
+                reason = diagnose_file(p)
+                if reason:
+                    raise LlmtuneError(f"dataset file {p}: {reason}")
         builder, kwargs = FORMATS[_ext(paths[0])]
         kwargs = dict(kwargs)
         if builder == "text" and text_sample_by == "stream":
@@ -169,7 +212,7 @@ def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: s
             if "corresponds to no data" in str(exc):
                 raise LlmtuneError(f"dataset file {paths[0]} has a header but no rows: add examples") from exc
             cause = exc.__cause__ or exc
-            raise LlmtuneError(f"could not read dataset file {paths[0]}: {str(cause).strip().splitlines()[0]}") from exc
+            raise LlmtuneError(f"could not read dataset file {paths[0]}: {one_line(cause)}") from exc
         splits[split] = ds
     return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
 
@@ -218,7 +261,7 @@ def _load_hub(name: str, data: DataArgs) -> Any:
         return load_dataset(hub_name, config, streaming=data.streaming)
     except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc) if str(exc).strip() else type(exc).__name__
         if offline or "Couldn't reach" in msg or "offline" in msg.lower() or isinstance(exc, ConnectionError):
             raise LlmtuneError(
                 f"dataset '{name}' is not a local file or folder and the Hugging Face Hub is unreachable: "
@@ -231,6 +274,10 @@ def arrange_splits(raw: Any, data: DataArgs, seed: int, carve_validation: bool, 
     from datasets import DatasetDict, IterableDatasetDict
 
     available = list(raw.keys())
+    if carve_validation and data.train_split not in raw:  # training: the train split must exist
+        raise LlmtuneError(
+            f"dataset '{source}' has no split '{data.train_split}' (data.train_split); splits: {', '.join(available)}"
+        )
     out: dict[str, Any] = {}
     if data.train_split in raw:
         out["train"] = raw[data.train_split]

@@ -156,7 +156,7 @@ def resolve_accelerate_config(spec: str) -> Path:
 def check_options(opts: LaunchOptions) -> None:
     if opts.num_processes is not None and opts.num_processes < 1:
         raise LlmtuneError(f"--num-processes must be >= 1, got {opts.num_processes}")
-    machines = opts.num_machines or 1
+    machines = opts.num_machines if opts.num_machines is not None else 1
     if machines < 1:
         raise LlmtuneError(f"--num-machines must be >= 1, got {opts.num_machines}")
     if opts.machine_rank is not None and not 0 <= opts.machine_rank < machines:

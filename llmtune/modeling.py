@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, one_line
 from llmtune.paths import resolve_location
 
 HUB_HOST = "huggingface.co"
@@ -51,8 +51,118 @@ def prepare_hub_access(*specs: str | None) -> None:
         set_offline()
 
 
+# Files that make a folder a model: its config, weights, tokenizer. (GGUF files hold all three.)
+CONFIG_FILES = ("config.json", "adapter_config.json")
+WEIGHT_PATTERNS = (
+    "*.safetensors", "pytorch_model*.bin", "adapter_model.bin", "tf_model.h5", "flax_model.msgpack", "*.gguf",
+)  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+    "sentencepiece.bpe.model", "source.spm",
+)  # fmt: skip
+# JSON files transformers reads from a model folder: a corrupt one gets named, not a parser error
+JSON_FILES = (
+    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+    "adapter_config.json", "added_tokens.json", "preprocessor_config.json", "model.safetensors.index.json",
+)  # fmt: skip
+FIX = "re-download or re-export it (save_pretrained)"
+
+
+def _found(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"found: {shown}"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is unreadable (bad header, truncated data), or None.
+
+    Reads the header only (8-byte length + JSON), like ``safetensors`` does, and checks the file
+    is as long as the tensors it declares: a partial download fails here, not deep in loading.
+    """
+    import json
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"it has {size} bytes, too few for a safetensors header (truncated)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size:
+                return f"its header declares {n} bytes but the file has {size} (truncated or not safetensors)"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        return f"its header is unreadable ({one_line(exc)})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"it has {size} bytes but its header declares {need} (truncated: the download or save was cut short)"
+    return None
+
+
+def folder_problem(folder: Path, needs: tuple[str, ...], spec: str, flag: str = "--model") -> str | None:
+    """What is wrong with a local model folder for ``needs`` (config / weights / tokenizer), or None.
+
+    Corrupt JSON files and truncated safetensors are named with the fix; a folder missing what
+    is needed says what it lacks and what it holds (e.g. a data folder passed as a model).
+    """
+    import json
+
+    for name in JSON_FILES:
+        path = folder / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                return f"{path} is not UTF-8 text: the file is corrupt; {FIX}"
+            except json.JSONDecodeError as exc:
+                return (
+                    f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): the file is "
+                    f"corrupt or partial; {FIX}"
+                )
+    has_gguf = any(folder.glob("*.gguf"))
+    weights = [p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)]
+    lacking = {
+        "config": not has_gguf and not any((folder / n).is_file() for n in CONFIG_FILES),
+        "weights": not weights,
+        "tokenizer": not has_gguf and not any((folder / n).is_file() for n in TOKENIZER_FILES),
+    }
+    names = {
+        "config": "config.json",
+        "weights": "model weights (model.safetensors or pytorch_model.bin)",
+        "tokenizer": "tokenizer files (tokenizer.json, or tokenizer_config.json with a vocabulary)",
+    }
+    if any(lacking[n] for n in needs):
+        if all(lacking.values()) and flag != "--tokenizer":  # nothing of a model: an empty or a data folder
+            what, missing = "model", list(names.values())
+        else:
+            what = "model" if "weights" in needs or "config" in needs else "tokenizer"
+            missing = [names[n] for n in needs if lacking[n]]
+        lacks = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " or " + missing[-1]
+        return f"{flag} {spec}: folder {folder} is not a {what} folder: it has no {lacks} ({_found(folder)})"
+    if "weights" in needs:
+        for path in weights:
+            if path.suffix == ".safetensors":
+                reason = safetensors_problem(path)
+                if reason:
+                    return f"model weights {path} are corrupt: {reason}; {FIX}"
+    return None
+
+
+def check_folder(spec: str, location: str, needs: tuple[str, ...], flag: str = "--model") -> None:
+    """Raise a one-line error when ``location`` is a local folder unfit for ``needs``."""
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        problem = folder_problem(folder, needs, spec, flag)
+        if problem:
+            raise LlmtuneError(problem)
+
+
 def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = one_line(exc) if str(exc).strip() else type(exc).__name__
     folder = Path(str(resolve_location(spec))).expanduser()
     if folder.is_dir():
         ggufs = sorted(p.name for p in folder.glob("*.gguf"))
@@ -62,6 +172,10 @@ def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
                 f"--gguf-file {ggufs[0]} (or --set model.gguf_file={ggufs[0]})"
             )
         # A local folder: missing or unreadable files, not the Hub.
+        needs = ("tokenizer",) if what == "tokenizer" else ("config", "weights") if what == "model" else ("config",)
+        problem = folder_problem(folder, needs, spec)
+        if problem:
+            return LlmtuneError(problem)
         return LlmtuneError(f"could not load the {what} from folder {spec}: {text}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "couldn't connect" in text.lower():
         return LlmtuneError(
@@ -114,9 +228,13 @@ def load_tokenizer(spec: str, cfg_model: Any = None, **kwargs: Any) -> Any:
     extra = hub_kwargs(cfg_model)
     if cfg_model is not None and cfg_model.tokenizer and spec == cfg_model.tokenizer:
         extra = {"trust_remote_code": extra["trust_remote_code"]}
+    separate = cfg_model is not None and cfg_model.tokenizer and spec == cfg_model.tokenizer
+    check_folder(spec, location, ("tokenizer",), "--tokenizer" if separate else "--model")
     try:
         return AutoTokenizer.from_pretrained(location, **extra, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, json / tokenizers (Rust) errors on corrupt files
+        if not isinstance(exc, (OSError, ValueError)) and not Path(location).is_dir():
+            raise
         raise _hub_error("tokenizer", spec, exc) from exc
 
 
@@ -155,6 +273,7 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         from transformers import GgufConfig
 
         extra["quantization_config"] = GgufConfig(dequantize=True)
+    check_folder(ctx.model_path, location, ("config", "weights"))
     if ctx.training and cfg.config_overrides:
         config = load_config(ctx.model_path, cfg)
         apply_config_overrides(config, cfg.config_overrides)
@@ -177,10 +296,21 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     except (ValueError, RuntimeError, TypeError) as exc:
         if quantized:
             raise adapters.quantization_error(ctx, exc) from exc
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc):
+            raise LlmtuneError(
+                f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is "
+                f"corrupt or partial, {FIX}"
+            ) from exc
         if not isinstance(exc, ValueError):
             raise
-        text = str(exc).strip().splitlines()[0]
-        raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {text}") from exc
+        raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {one_line(exc)}") from exc
+    except Exception as exc:  # SafetensorError, torch.load's unpickling errors on a cut .bin, ...
+        if type(exc).__name__ not in ("SafetensorError", "UnpicklingError", "BadZipFile", "EOFError"):
+            raise
+        raise LlmtuneError(
+            f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is corrupt "
+            f"or partial, {FIX}"
+        ) from exc
 
 
 def drop_gguf_quantizer(model: Any) -> None:
@@ -235,7 +365,7 @@ def model_architecture(m: Any) -> Any:
         except (OSError, ValueError) as exc:
             raise LlmtuneError(
                 f"model.config '{m.config}' is not a size preset ({', '.join(preset_names())}), a readable "
-                f"config.json, or a Hub config reachable now: {str(exc).strip().splitlines()[0]}"
+                f"config.json, or a Hub config reachable now: {one_line(exc)}"
             ) from exc
     apply_config_overrides(config, m.config_overrides)
     return config

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +42,12 @@ def default_output_dir(cfg: RunConfig) -> Path:
 
 
 def check_output_dir(path: Path, overwrite: bool, allow_existing: bool = False) -> None:
-    """Refuse to clobber earlier results; make sure we can write before any work starts."""
+    """Refuse to clobber earlier results; make sure we can write before any work starts.
+
+    Creates nothing: the folder is made once the inputs are known to be good, so a run that fails
+    on bad input leaves no empty output folder behind (writability is probed in the folder, or in
+    its nearest existing parent).
+    """
     if path.exists() and not path.is_dir():
         raise LlmtuneError(f"output dir {path} is a file: pass another --output-dir")
     if path.is_dir() and any(path.iterdir()) and not (overwrite or allow_existing):
@@ -47,13 +55,32 @@ def check_output_dir(path: Path, overwrite: bool, allow_existing: bool = False) 
             f"output dir {path} is not empty: pass --overwrite to replace it, --resume auto to continue, "
             f"or another --output-dir"
         )
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise LlmtuneError(f"output dir {path} is not writable ({probe_dir} is a file): pass another --output-dir")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".llmtune-write-test-{os.getpid()}"
+        probe = probe_dir / f".llmtune-write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise LlmtuneError(f"output dir {path} is not writable ({exc.strerror}): pass another --output-dir") from exc
+
+
+@contextmanager
+def removed_on_failure(path: Path, keep: Any = None) -> Iterator[None]:
+    """Remove ``path`` if the block fails and ``path`` did not exist before it (so nothing a
+    failed run created is left behind, and nothing that was there before is touched).
+    ``keep(path)`` True keeps it anyway (e.g. it holds a checkpoint to resume from). Main
+    process only: call it where the main process writes."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not (keep is not None and keep(path)):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def remove_run_files(output_dir: Path) -> None:

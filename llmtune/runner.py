@@ -12,12 +12,13 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from llmtune.adapters import apply_adapters, check_runtime, save_adapted
 from llmtune.config import CONFIG_FILENAME, RunConfig
-from llmtune.console import echo, metrics_table, quiet_libraries
+from llmtune.console import echo, metrics_table, quiet_libraries, warn
 from llmtune.curves import CURVES_FILE
 from llmtune.errors import LlmtuneError
 from llmtune.outputs import (
@@ -29,6 +30,7 @@ from llmtune.outputs import (
     clean_metrics,
     default_output_dir,
     remove_run_files,
+    removed_on_failure,
     write_json,
     write_jsonl,
     write_model_card,
@@ -51,15 +53,24 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     cfg.train.output_dir = str(output_dir)
     prepare_hub_access_for(cfg)
 
-    from transformers import set_seed
-
-    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+    from llmtune.checkpoint import latest_checkpoint
     from llmtune.launch import distributed_state
 
     state = distributed_state()
     if state.is_main_process:
         check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
     state.wait_for_everyone()
+    # A folder this run creates goes again if the run fails before a checkpoint is saved in it.
+    guard = removed_on_failure(output_dir, keep=latest_checkpoint) if state.is_main_process else nullcontext()
+    with guard:
+        return _train(cfg, task, output_dir, state, command, debug)
+
+
+def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str | None, debug: bool) -> dict:
+    from transformers import set_seed
+
+    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+
     resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     from llmtune.trainer import check_report_to
@@ -89,11 +100,14 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
         processed = task.prepare(ctx, raw)
     if "train" not in processed:
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
+    check_train_size(ctx, processed["train"], state.num_processes)
     ctx.model = task.build_model(ctx)
     hardware.apply_to_model(cfg, ctx.model)
     task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
     ctx.model = apply_adapters(ctx, ctx.model)
+    for message in ctx.warnings:  # every input loaded: the run starts
+        warn(message)
     has_eval = "validation" in processed
 
     if state.is_main_process:
@@ -113,6 +127,10 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finished = True
+    except KeyError as exc:  # found by the Trainer at the first evaluation
+        if "metric_for_best_model" not in str(exc):
+            raise
+        raise LlmtuneError(unknown_metric_message(cfg, str(exc))) from exc
     finally:
         stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
         _callback(trainer, "ProgressDisplay").close()  # the live display, also on errors
@@ -178,6 +196,38 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     return metrics
 
 
+def unknown_metric_message(cfg: RunConfig, text: str) -> str:
+    import re
+
+    match = re.search(r"available evaluation metrics are: \[(.*?)\]", text)
+    found = re.findall(r"'eval_(\w+)'", match.group(1)) if match else []
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    shown = ", ".join(m for m in found if not m.endswith(skip)) or "(none)"
+    return (
+        f"train.metric_for_best_model {cfg.train.metric_for_best_model!r} is not a metric task {cfg.task} reports; "
+        f"pick one of: {shown}"
+    )
+
+
+def check_train_size(ctx: RunContext, train: Any, processes: int) -> None:
+    """Fewer training rows (examples, packed blocks) than processes: refused (a process would only
+    see copies of other processes' rows); fewer than one global batch: warned."""
+    if not hasattr(train, "__len__"):
+        return  # a stream
+    n, t = len(train), ctx.cfg.train
+    if n < processes:
+        raise LlmtuneError(
+            f"the training split has {n} row(s) after preprocessing for {processes} processes: each process needs "
+            f"at least one; add data or use fewer processes"
+        )
+    batch = t.batch_size * t.gradient_accumulation_steps * processes
+    if n < batch:
+        ctx.warnings.append(
+            f"the training split has {n} row(s) after preprocessing, fewer than one batch ({batch}): every step "
+            f"sees the whole split (lower --batch-size, or add data)"
+        )
+
+
 def _callback(trainer: Any, name: str) -> Any:
     return next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == name)
 
@@ -226,14 +276,22 @@ def run_eval(
     output_dir = Path(cfg.train.output_dir) if cfg.train.output_dir else Path(model_path) / "eval"
     prepare_hub_access_for(cfg)
 
-    from transformers import set_seed
-
     from llmtune.launch import distributed_state
 
     state = distributed_state()
     if state.is_main_process:
         check_output_dir(output_dir, overwrite=True)
     state.wait_for_everyone()
+    # MODEL/eval (or --output-dir) is created by the Trainer; a failed eval leaves none behind.
+    with removed_on_failure(output_dir) if state.is_main_process else nullcontext():
+        return _evaluate(cfg, task, model_path, output_dir, split, state, debug)
+
+
+def _evaluate(
+    cfg: RunConfig, task: Any, model_path: str, output_dir: Path, split: str | None, state: Any, debug: bool
+) -> dict:
+    from transformers import set_seed
+
     quiet_libraries(debug)
     set_seed(cfg.train.seed)
 
@@ -257,6 +315,8 @@ def run_eval(
             else:
                 raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no split to evaluate; pass --split")
         processed = task.prepare(ctx, {"validation": raw["validation"]})
+    for message in ctx.warnings:
+        warn(message)
     cfg.train.output_dir = str(output_dir)
     cfg.train.load_best_model_at_end = False
     cfg.train.report_to = ["none"]  # scoring only: no experiment tracking

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
+from llmtune.config import bounded, choice, field_problems
+from llmtune.errors import ConfigError, LlmtuneError
 
 TYPES = ("bpe", "wordpiece", "unigram")
 OBJECTIVES = ("clm", "mlm")
@@ -41,23 +42,24 @@ TEXT_COLUMNS = ("text", "content", "document", "sentence", "article")
 
 @dataclass
 class TokenizerSpec:
-    type: str = "bpe"
-    vocab_size: int = 32_000
-    objective: str = "clm"
-    min_frequency: int = 2
+    """What ``llmtune tokenizer train`` builds; each field is the flag of the same name."""
+
+    type: str = choice("bpe", *TYPES)
+    vocab_size: int = bounded(32_000, ge=1)
+    objective: str = choice("clm", *OBJECTIVES)
+    min_frequency: int = bounded(2, ge=1)
     lowercase: bool = False
-    model_max_length: int | None = None
+    model_max_length: int | None = bounded(None, ge=1)
+    # Train on the first N rows only.
+    max_samples: int | None = bounded(None, ge=1)
 
     def check(self) -> None:
-        if self.type not in TYPES:
-            raise LlmtuneError(f"--type must be one of {', '.join(TYPES)}, got '{self.type}'")
-        if self.objective not in OBJECTIVES:
-            raise LlmtuneError(f"--objective must be clm or mlm, got '{self.objective}'")
+        problems = field_problems(self, lambda name: "--" + ("type" if name == "type" else name.replace("_", "-")))
         floor = 300 if self.type == "bpe" else 50  # byte-level BPE starts from 256 bytes + specials
-        if self.vocab_size < floor:
-            raise LlmtuneError(f"--vocab-size must be >= {floor} for {self.type}, got {self.vocab_size}")
-        if self.min_frequency < 1:
-            raise LlmtuneError(f"--min-frequency must be >= 1, got {self.min_frequency}")
+        if not problems and self.vocab_size < floor:
+            problems.append(f"--vocab-size must be >= {floor} for {self.type}, got {self.vocab_size}")
+        if problems:
+            raise ConfigError(problems)
 
 
 def special_tokens(objective: str) -> dict[str, str]:
@@ -197,7 +199,6 @@ def train_and_save(
     spec: TokenizerSpec,
     text_column: str | None = None,
     config_name: str | None = None,
-    max_samples: int | None = None,
     overwrite: bool = False,
 ) -> Any:
     """The ``llmtune tokenizer train`` command: stream, train, save, reload to check."""
@@ -208,6 +209,18 @@ def train_and_save(
     spec.check()
     out = Path(output_dir)
     check_output_dir(out, overwrite)
-    tokenizer = train_tokenizer(iter_text_batches(dataset, text_column, config_name, max_samples=max_samples), spec)
+    seen = {"texts": 0}
+
+    def counted() -> Iterator[list[str]]:
+        for batch in iter_text_batches(dataset, text_column, config_name, max_samples=spec.max_samples):
+            seen["texts"] += len(batch)
+            yield batch
+
+    tokenizer = train_tokenizer(counted(), spec)
+    if not seen["texts"]:
+        raise LlmtuneError(
+            f"dataset {dataset}: the text column is empty in every row: nothing to train a tokenizer on "
+            f"(name the column with --text-column)"
+        )
     tokenizer.save_pretrained(str(out))
     return AutoTokenizer.from_pretrained(str(out))  # what users will do: fail here, not later

@@ -103,7 +103,7 @@ def test_iter_text_batches_streams_in_batches(tmp_path):
         (["--type", "sentencepiece"], "--type must be one of"),
         (["--vocab-size", "100"], "--vocab-size must be >= 300"),
         (["--text-column", "nope"], "column 'nope'"),
-        (["--objective", "seq2seq"], "--objective must be clm or mlm"),
+        (["--objective", "seq2seq"], "--objective must be one of clm, mlm"),
     ],
 )
 def test_cli_bad_inputs_one_line_exit_2(tmp_path, cli, args, needle):

@@ -8,6 +8,7 @@ torch-free: ``llmtune --help`` must be instant.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, one_line
 
 state = {"debug": os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")}
 
@@ -40,6 +41,10 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not state["debug"]:
+            # Libraries that warn while being imported (before quiet_libraries can run): bitsandbytes,
+            # pulled in by transformers/peft, logs a missing optional kernel on every CPU run.
+            logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -66,7 +71,7 @@ def handle_errors(fn: Callable) -> Callable:
 
             if is_quiet_rank():  # usually the echo of rank 0's failure (a closed connection)
                 raise typer.Exit(1) from None
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            text = one_line(exc)
             fail(f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1)
 
     return wrapper
@@ -104,11 +109,11 @@ Dataset = Annotated[
 Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Training epochs (> 0).")]
 MaxSteps = Annotated[
     Optional[int],
-    typer.Option("--max-steps", help="Optimizer steps (> 0; overrides --epochs). Omit to train for --epochs."),
+    typer.Option("--max-steps", help="Optimizer steps (> 0; overrides --epochs). Omit (or -1) to train for --epochs."),
 ]
 LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (> 0).")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Per-device training batch size.")]
-GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps.")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Per-device training batch size (>= 1).")]
+GradAccum = Annotated[Optional[int], typer.Option("--grad-accum", help="Gradient accumulation steps (>= 1).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (0 .. 2**32-1).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output dir.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]

@@ -27,7 +27,9 @@ def eval_cmd(
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Default: MODEL/eval.")] = None,
     batch_size: Annotated[
         Optional[int],
-        typer.Option("--batch-size", help="Evaluation batch size (default: sized to the model's vocabulary for LMs)."),
+        typer.Option(
+            "--batch-size", help="Evaluation batch size (>= 1; default: sized to the model's vocabulary for LMs)."
+        ),
     ] = None,
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
@@ -35,34 +37,36 @@ def eval_cmd(
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
-    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides
+    from llmtune.config import CONFIG_FILENAME, FLAG_NAMES, build_config, file_origins, merge_overrides
     from llmtune.inference.loader import saved_tree
-    from llmtune.modeling import model_location
+    from llmtune.modeling import check_folder, model_location
 
     model = model_location(model)  # a missing folder fails here, naming --model
+    # A folder that is not a model (empty, a data folder) says so before anything else.
+    check_folder(model, model, ("config",))
     saved = Path(model) / CONFIG_FILENAME
     tree: dict[str, Any] = saved_tree(model)  # how the model was trained: columns, max length, options
+    origins: dict[str, tuple[str, str]] = file_origins(tree, str(saved)) if tree else {}
     if task is not None:
         if tree.get("task") and tree["task"] != task:
             tree.pop("options", None)
         tree["task"] = task
+        origins["task"] = ("flag", "--task")
     if "task" not in tree:
-        c.fail(f"cannot tell which task {model} was trained for: pass --task")
-    for key, value in parse_set_overrides(sets):
-        apply_override(tree, key, value)
-    for key, value in {
+        c.fail(f"cannot tell which task {model} was trained for (it has no {CONFIG_FILENAME}): pass --task")
+    flags = {
         "data.dataset": dataset,
         "train.output_dir": output_dir,
         "train.eval_batch_size": batch_size,
         "train.progress": "quiet" if quiet else None,
         "model.gguf_file": gguf_file,
         "model.trust_remote_code": True if trust_remote_code else None,
-    }.items():
-        if value is not None:
-            apply_override(tree, key, value)
+    }
+    names = {"data.dataset": "--dataset", "train.output_dir": "--output-dir", "train.eval_batch_size": "--batch-size"}
+    merge_overrides(tree, origins, sets, flags, {**FLAG_NAMES, **names})
     if not tree.get("data", {}).get("dataset"):
         c.fail("no dataset to evaluate on: pass --dataset")
-    cfg = build_config(tree, source=str(saved) if saved.is_file() else None)
+    cfg = build_config(tree, source=str(saved) if saved.is_file() else None, origins=origins)
     from llmtune.runner import run_eval
 
     run_eval(cfg, model, split, debug=c.debug_enabled())

@@ -15,11 +15,17 @@ app.add_typer(tokenizer_app, name="tokenizer")
 
 
 def resolve_and_run(
-    recipe: str | None, task: str | None, sets: list[str] | None, flags: dict, dry_run: bool, launch: Any = None
+    recipe: str | None,
+    task: str | None,
+    sets: list[str] | None,
+    flags: dict,
+    dry_run: bool,
+    launch: Any = None,
+    task_flag: str = "--task",
 ) -> None:
     from llmtune.config import load_config
 
-    cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags)
+    cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags, task_flag=task_flag)
     if dry_run:
         from llmtune.recipes import recipe_defaults_note
 
@@ -145,7 +151,7 @@ def pretrain(
             "data.streaming": True if streaming else None,
         }
     )
-    resolve_and_run(recipe, objective, sets, flags, dry_run, launch)
+    resolve_and_run(recipe, objective, sets, flags, dry_run, launch, task_flag="--objective")
 
 
 @tokenizer_app.command("train")
@@ -158,8 +164,12 @@ def tokenizer_train(
         Optional[str],
         typer.Option("--type", help="bpe (byte-level), wordpiece or unigram; default: bpe for clm, wordpiece for mlm."),
     ] = None,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary size, special tokens included.")] = 32_000,
-    min_frequency: Annotated[int, typer.Option("--min-frequency", help="Minimum count for a merge / word piece.")] = 2,
+    vocab_size: Annotated[
+        int, typer.Option("--vocab-size", help="Vocabulary size, special tokens included (>= 300 for bpe, else >= 50).")
+    ] = 32_000,
+    min_frequency: Annotated[
+        int, typer.Option("--min-frequency", help="Minimum count for a merge / word piece (>= 1).")
+    ] = 2,
     text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text.")] = None,
     config_name: Annotated[Optional[str], typer.Option("--config-name", help="Hub dataset configuration.")] = None,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Train on the first N rows only.")] = None,
@@ -173,25 +183,17 @@ def tokenizer_train(
     from llmtune.modeling import prepare_hub_access
     from llmtune.tokenizer_train import DEFAULT_TYPE, TokenizerSpec, train_and_save
 
-    if objective not in DEFAULT_TYPE:
-        c.fail(f"--objective must be clm or mlm, got '{objective}'")
-    if vocab_size < 1:
-        c.fail(f"--vocab-size must be >= 1, got {vocab_size}")
-    if min_frequency < 0:
-        c.fail(f"--min-frequency must be >= 0, got {min_frequency}")
-    if max_samples is not None and max_samples < 1:
-        c.fail(f"--max-samples must be >= 1, got {max_samples}")
-    if model_max_length is not None and model_max_length < 1:
-        c.fail(f"--model-max-length must be >= 1, got {model_max_length}")
     spec = TokenizerSpec(
-        type=type_ or DEFAULT_TYPE[objective],
+        type=type_ or DEFAULT_TYPE.get(objective, "bpe"),
         vocab_size=vocab_size,
         objective=objective,
         min_frequency=min_frequency,
         lowercase=lowercase,
         model_max_length=model_max_length,
+        max_samples=max_samples,
     )
+    spec.check()  # every flag's range, before any data is read
     prepare_hub_access(dataset)
-    tok = train_and_save(dataset, output_dir, spec, text_column, config_name, max_samples, overwrite)
+    tok = train_and_save(dataset, output_dir, spec, text_column, config_name, overwrite=overwrite)
     specials = ", ".join(tok.all_special_tokens)
     typer.echo(f"{spec.type} tokenizer ({len(tok)} tokens; special: {specials}) saved to {output_dir}")

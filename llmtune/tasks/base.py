@@ -35,6 +35,9 @@ class RunContext:
     state: dict = field(default_factory=dict)
     # Columns picked in the raw data, for model cards and prediction export.
     columns: dict = field(default_factory=dict)
+    # Warnings about the data the user may mean (e.g. a single-class eval split): printed by the
+    # runner once every input has loaded, so a run that then fails on bad input shows one line.
+    warnings: list = field(default_factory=list)
 
 
 class Task:
@@ -211,6 +214,36 @@ def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> None:
             f"task {task} needs a fast (Rust) tokenizer for {why}, but {type(tokenizer).__name__} is slow: "
             f"pick a model that ships tokenizer.json"
         )
+
+
+def has_content(value: Any) -> bool:
+    """Whether a cell holds something: non-blank text, a non-empty list with content, a number."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple)):
+        return any(has_content(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_content(v) for v in value.values())
+    return True
+
+
+def require_content(ds: Any, column: str | None, split: str, what: str, key: str) -> None:
+    """Refuse a split whose ``column`` is empty in every row (a wrong column, or broken data):
+    training on it would run and learn nothing. Stops at the first row with content; streams
+    are not checked (that would consume them)."""
+    from llmtune.errors import LlmtuneError
+
+    if not column or not hasattr(ds, "__len__") or column not in (ds.column_names or []):
+        return
+    for batch in ds.select_columns([column]).iter(batch_size=1000):
+        if any(has_content(v) for v in batch[column]):
+            return
+    raise LlmtuneError(
+        f"the {what} column '{column}' of split '{split}' is empty in every row ({len(ds)} rows): "
+        f"fix the data or name another column with {key}"
+    )
 
 
 def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: tuple = (), **kwargs: Any) -> Any:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llmtune.config import bounded, choice
 from llmtune.errors import LlmtuneError
 from llmtune.modeling import tokenizer_max_length
-from llmtune.tasks.base import RunContext, Task, tokenize_split
+from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels")
@@ -40,9 +41,9 @@ class ClassificationOptions:
     label_names: list[str] | None = None
     # auto | single_label | multi_label | regression. auto: list-valued labels -> multi_label,
     # non-integer numbers -> regression, otherwise single_label.
-    problem_type: str = "auto"
+    problem_type: str = choice("auto", *PROBLEM_TYPES)
     # multi_label: a label is predicted when its sigmoid probability is >= threshold.
-    threshold: float = 0.5
+    threshold: float = bounded(0.5, gt=0, lt=1)
 
 
 class ClassificationTask(Task):
@@ -67,10 +68,6 @@ class ClassificationTask(Task):
         names = o.label_names
         if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
             problems.append(f"options.label_names needs at least two distinct names, got {names}")
-        if o.problem_type not in PROBLEM_TYPES:
-            problems.append(f"options.problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {o.problem_type!r}")
-        if not 0 < o.threshold < 1:
-            problems.append(f"options.threshold must be between 0 and 1, got {o.threshold}")
         if o.problem_type == "regression" and names is not None:
             problems.append("options.label_names does not apply to options.problem_type=regression: remove it")
         return problems
@@ -180,6 +177,33 @@ class ClassificationTask(Task):
             return [str(i) for i in range(ints[-1] + 1)]
         return [str(i) for i in ints]  # e.g. star ratings 1..5: names "1".."5", ids 0..4
 
+    def _check_label_variety(self, ctx: RunContext, raw: Any, label_col: str, problem: str) -> None:
+        """Refuse training labels with nothing to learn (one class, one label set, one score);
+        warn about an evaluation split with a single class, which the user may mean."""
+        for split, ds in raw.items():
+            if not hasattr(ds, "__len__") or label_col not in ds.column_names:
+                continue
+            if problem == "multi_label":
+                distinct = {tuple(sorted(map(str, row or []))) for row in ds[label_col]}
+            else:
+                distinct = set(_unique(ds, label_col))
+            if len(distinct) >= 2:
+                continue
+            only = next(iter(distinct), None)
+            shown = list(only) if problem == "multi_label" else only
+            if split == "train" and ctx.training:
+                if problem == "regression":
+                    raise LlmtuneError(
+                        f"every training label in column '{label_col}' is {shown!r}: regression needs targets that vary"
+                    )
+                what = "the same labels" if problem == "multi_label" else "the same class"
+                raise LlmtuneError(
+                    f"every training row has {what} ({shown!r} in column '{label_col}'): a classifier needs examples "
+                    f"of at least two classes; check the data and data.label_column"
+                )
+            if problem == "single_label":
+                ctx.warnings.append(f"split '{split}' has a single class ({shown!r}): its accuracy says little")
+
     def _label_lookup(self, names: list[str], numeric_ids: bool) -> Any:
         index = {name: i for i, name in enumerate(names)}
 
@@ -211,6 +235,9 @@ class ClassificationTask(Task):
         )
         label_col = _pick(first, cfg.data.label_column, LABEL_COLUMNS, "label", "data.label_column")
         ctx.columns = {"text": text_col, "text_pair": pair_col, "label": label_col}
+        for split, ds in raw.items():
+            require_content(ds, text_col, split, "text", "data.text_column")
+            require_content(ds, pair_col, split, "text pair", "data.text_pair_column")
 
         problem = self._problem_type(ctx, first, label_col)
         ctx.state["problem_type"] = problem
@@ -228,6 +255,7 @@ class ClassificationTask(Task):
                     f"(or set it to multi_label)"
                 )
             names = self._label_space(ctx, raw["train"], label_col)
+        self._check_label_variety(ctx, raw, label_col, problem)
         # Regression has no label names to show (the model card lists label_names when set).
         ctx.state["label_names"] = None if problem == "regression" else names
         ctx.state["output_names"] = names

@@ -29,8 +29,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtune.config import bounded
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task
+from llmtune.tasks.base import RunContext, Task, require_content
 
 TEXT_COLUMNS = ("text", "content", "document", "sentence", "article")
 SAMPLE_BY = ("line", "paragraph", "document", "stream")
@@ -48,7 +49,7 @@ REFERENCE_COLUMNS = ("reference", "completion", "response", "target")
 class LMOptions:
     # Tokens per training block; None = the smaller of 1024 (clm) / 512 (mlm), the model's
     # maximum positions and the tokenizer's model_max_length. Flag: --block-size.
-    block_size: int | None = None
+    block_size: int | None = bounded(None, ge=8)
     # How a .txt file is read: each line a document (followed by EOS), each blank-line separated
     # paragraph, the whole file one document, or "stream" (clm): the text exactly as it is, one
     # token stream without EOS, the way published perplexities (WikiText) are computed.
@@ -57,7 +58,7 @@ class LMOptions:
     # Evaluate once before training, reported as eval_initial_* in metrics.json.
     eval_on_start: bool = True
     # Rows per batched map call when tokenizing/packing (one partial block per batch).
-    pack_batch_size: int = 1000
+    pack_batch_size: int = bounded(1000, ge=1)
 
 
 CLM_PACKING = ("blocks", "documents", "padded")
@@ -76,7 +77,7 @@ class ClmOptions(LMOptions):
     # Sliding-window perplexity for evaluation: windows of block_size tokens advancing by
     # `stride`, each token scored once with up to block_size - stride tokens of left context.
     # None = non-overlapping blocks. Materialises the eval split's token ids (bounded).
-    stride: int | None = None
+    stride: int | None = bounded(None, ge=1)
     # Generation quality at evaluation when the eval rows also hold a prompt and a reference
     # continuation: greedy continuations of this many rows (-1 = all, 0 = off), up to
     # max_new_tokens, scored with eval_generation_metrics. Columns: prompt_column /
@@ -90,10 +91,10 @@ class ClmOptions(LMOptions):
 
 @dataclass
 class MlmOptions(LMOptions):
-    mlm_probability: float = 0.15
+    mlm_probability: float = bounded(0.15, gt=0, lt=1)
     # Of the selected tokens: share replaced by [MASK], share by a random token (rest unchanged).
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
+    mask_replace_prob: float = bounded(0.8, ge=0, le=1)
+    random_replace_prob: float = bounded(0.1, ge=0, le=1)
     # Select whole words (the tokenizer's pre-tokenizer words) instead of single sub-words.
     whole_word_masking: bool = False
 
@@ -124,14 +125,10 @@ class LMTask(Task):
 
         p: list[str] = []
         o, m = cfg.options, cfg.model
-        if o.block_size is not None and o.block_size < 8:
-            p.append(f"options.block_size (--block-size) must be >= 8, got {o.block_size}")
         if o.sample_by is not None and o.sample_by not in SAMPLE_BY:
             p.append(f"options.sample_by must be one of {', '.join(SAMPLE_BY)}, got {o.sample_by!r}")
         if o.sample_by == "stream" and self.objective != "clm":
             p.append("options.sample_by=stream is for clm; mlm reads a .txt by line, paragraph or document")
-        if o.pack_batch_size < 1:
-            p.append(f"options.pack_batch_size must be >= 1, got {o.pack_batch_size}")
         p.extend(from_config_problems(cfg))
         preset = get_preset(m.config) if m.config else None
         if preset is not None and preset["model_type"] not in self.preset_types:
@@ -217,6 +214,7 @@ class LMTask(Task):
                 raise LlmtuneError(
                     f"split '{split}' has no column '{text_col}'; columns: {', '.join(column_names(ds))}"
                 )
+            require_content(ds, text_col, split, "text", "data.text_column")
             packed = pack_dataset(
                 ds, ctx.tokenizer, self.objective, block_size, text_col, cfg.options.pack_batch_size,
                 whole_words=getattr(cfg.options, "whole_word_masking", False), num_proc=cfg.data.num_proc,
@@ -323,8 +321,6 @@ class CausalLMTask(LMTask):
             return [f"options.packing must be one of {', '.join(CLM_PACKING)}, got {o.packing!r}"]
         if o.stride is None:
             return []
-        if o.stride < 1:
-            return [f"options.stride must be >= 1, got {o.stride}"]
         if o.block_size is not None and o.stride > o.block_size:
             return [f"options.stride ({o.stride}) must not exceed options.block_size ({o.block_size})"]
         if o.packing != "blocks":
@@ -478,15 +474,12 @@ class MaskedLMTask(LMTask):
     metric_names = ("mlm_loss", "mlm_perplexity", "masked_tokens")
 
     def validate_options(self, o: Any) -> list[str]:
-        p = []
-        if not 0 < o.mlm_probability < 1:
-            p.append(f"options.mlm_probability must be between 0 and 1, got {o.mlm_probability}")
-        if o.mask_replace_prob < 0 or o.random_replace_prob < 0 or o.mask_replace_prob + o.random_replace_prob > 1:
-            p.append(
-                "options.mask_replace_prob and options.random_replace_prob must be >= 0 and sum to at most 1, "
+        if o.mask_replace_prob + o.random_replace_prob > 1:
+            return [
+                "options.mask_replace_prob and options.random_replace_prob must sum to at most 1, "
                 f"got {o.mask_replace_prob} and {o.random_replace_prob}"
-            )
-        return p
+            ]
+        return []
 
     def check_tokenizer(self, tokenizer: Any, where: str | None) -> None:
         if tokenizer.mask_token_id is None:

@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, one_line
 from llmtune.modeling import tokenizer_max_length
-from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer, tokenize_split
+from llmtune.tasks.base import (
+    RunContext,
+    Task,
+    predict_outputs,
+    require_content,
+    require_fast_tokenizer,
+    tokenize_split,
+)
 
 TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "ner", "labels")
@@ -75,7 +82,7 @@ def read_conll(path: Path) -> Any:
         )
     except Exception as exc:
         cause = exc.__cause__ or exc
-        raise LlmtuneError(f"could not read CoNLL file {path}: {str(cause).strip().splitlines()[0]}") from exc
+        raise LlmtuneError(f"could not read CoNLL file {path}: {one_line(cause)}") from exc
     if len(ds) == 0:
         raise LlmtuneError(f"dataset file {path} has no sentences: expected CoNLL columns (TOKEN ... TAG)")
     return ds.remove_columns(middle) if middle else ds
@@ -236,7 +243,18 @@ class NerTask(Task):
         tok_col = pick_column(first, cfg.data.text_column, TOKEN_COLUMNS, "token list", "data.text_column")
         tag_col = pick_column(first, cfg.data.label_column, TAG_COLUMNS, "tag list", "data.label_column")
         ctx.columns = {"tokens": tok_col, "tags": tag_col}
+        for split, ds in raw.items():
+            require_content(ds, tok_col, split, "token list", "data.text_column")
         if ctx.training:
+            present: set = set()
+            for row in raw["train"][tag_col]:
+                present.update(row or ())
+            if len(present) < 2:
+                shown = next(iter(present), None)
+                raise LlmtuneError(
+                    f"every tag in the training split is {shown!r} (column '{tag_col}'): there are no entities to "
+                    f"learn; check the data and data.label_column"
+                )
             names = self._tag_space(ctx, raw["train"], tag_col)
         else:
             id2label = ctx.model.config.id2label

@@ -23,9 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtune.config import bounded
 from llmtune.errors import LlmtuneError
 from llmtune.modeling import tokenizer_max_length
-from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_tokenizer, tokenize_split
+from llmtune.tasks.base import (
+    RunContext,
+    Task,
+    predict_outputs,
+    require_content,
+    require_fast_tokenizer,
+    tokenize_split,
+)
 
 
 @dataclass
@@ -33,11 +41,11 @@ class QaOptions:
     # SQuAD v2: some questions have no answer in the context. null = detect from the training data.
     version_2_with_negative: bool | None = None
     # Overlap (in tokens) between consecutive windows of a long context.
-    doc_stride: int = 128
+    doc_stride: int = bounded(128, ge=1)
     # Longest answer (in tokens) post-processing may return.
-    max_answer_length: int = 30
+    max_answer_length: int = bounded(30, ge=1)
     # Start and end candidates considered per window.
-    n_best_size: int = 20
+    n_best_size: int = bounded(20, ge=1)
     # v2: predict "no answer" when null score - best span score > this.
     null_score_diff_threshold: float = 0.0
     question_column: str = "question"
@@ -242,6 +250,35 @@ def postprocess_predictions(
 # the task
 
 
+def check_answer_offsets(train: Any, o: Any, warn: Any) -> None:
+    """Refuse training data with nothing to extract: no answerable question, or no answer found in
+    its context at ``answer_start`` (wrong offsets); ``warn`` when only some answers are misplaced."""
+    answerable = misplaced = 0
+    for context, answers in zip(train[o.context_column], train[o.answers_column], strict=True):
+        texts, starts = _answer_lists(answers)
+        if not texts:
+            continue
+        answerable += 1
+        start = starts[0] if starts else -1
+        if start < 0 or (context or "")[start : start + len(texts[0])] != texts[0]:
+            misplaced += 1
+    if answerable == 0:
+        raise LlmtuneError(
+            f"all {len(train)} training questions are unanswerable (empty '{o.answers_column}'): there is no answer "
+            f"span to learn; check the data and options.answers_column"
+        )
+    if misplaced == answerable:
+        raise LlmtuneError(
+            f"no training answer is found in its context at its answer_start (column '{o.answers_column}'): "
+            f"answer_start must count characters of the context from 0"
+        )
+    if misplaced:
+        warn(
+            f"{misplaced} of {answerable} training answers are not found in their context at answer_start: "
+            f"those questions teach a wrong span"
+        )
+
+
 class QaTask(Task):
     name = "qa"
     aliases = ("question-answering", "extractive-qa")
@@ -265,14 +302,8 @@ class QaTask(Task):
     def validate(self, cfg: Any) -> list[str]:
         o = cfg.options
         problems = []
-        if o.doc_stride < 1 or o.doc_stride >= cfg.data.max_length:
-            problems.append(
-                f"options.doc_stride must be in [1, data.max_length={cfg.data.max_length}), got {o.doc_stride}"
-            )
-        if o.max_answer_length < 1:
-            problems.append(f"options.max_answer_length must be >= 1, got {o.max_answer_length}")
-        if o.n_best_size < 1:
-            problems.append(f"options.n_best_size must be >= 1, got {o.n_best_size}")
+        if o.doc_stride >= cfg.data.max_length:
+            problems.append(f"options.doc_stride must be < data.max_length ({cfg.data.max_length}), got {o.doc_stride}")
         return problems
 
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
@@ -296,7 +327,11 @@ class QaTask(Task):
                     f"{key} column '{col}' (options.{key}_column) not found; columns: {', '.join(first.column_names)}"
                 )
         ctx.columns = dict(cols)
+        for split, ds in raw.items():
+            require_content(ds, o.question_column, split, "question", "options.question_column")
+            require_content(ds, o.context_column, split, "context", "options.context_column")
         if ctx.training and "train" in raw:
+            check_answer_offsets(raw["train"], o, ctx.warnings.append)
             unanswerable = sum(1 for a in raw["train"][o.answers_column] if not _answer_lists(a)[0])
             if o.version_2_with_negative is None:
                 # resolved here and saved with the config, so `llmtune eval` scores the same way

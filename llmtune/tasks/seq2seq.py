@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, predict_outputs, tokenize_split
+from llmtune.config import bounded
+from llmtune.errors import LlmtuneError, one_line
+from llmtune.tasks.base import RunContext, Task, predict_outputs, require_content, tokenize_split
 
 SUMMARY_SOURCES = ("document", "dialogue", "article", "text", "content", "source", "input")
 SUMMARY_TARGETS = ("summary", "highlights", "abstract", "target", "output")
@@ -41,12 +42,12 @@ class Seq2SeqOptions:
     # Prepended to every input, T5 style, e.g. "summarize: " or "translate English to German: ".
     source_prefix: str | None = None
     # Token limits for inputs and references (longer ones are truncated); None = data.max_length.
-    max_source_length: int | None = None
-    max_target_length: int = 128
+    max_source_length: int | None = bounded(None, ge=1)
+    max_target_length: int = bounded(128, ge=1)
     # Generation (evaluation and the saved model's generation config): beam width and the
     # most tokens generated; max_new_tokens None = max_target_length.
-    num_beams: int = 4
-    max_new_tokens: int | None = None
+    num_beams: int = bounded(4, ge=1)
+    max_new_tokens: int | None = bounded(None, ge=1)
 
 
 @dataclass
@@ -92,14 +93,6 @@ class Seq2SeqTask(Task):
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
-        if o.max_source_length is not None and o.max_source_length < 1:
-            p.append(f"options.max_source_length must be >= 1 or null, got {o.max_source_length}")
-        if o.max_target_length < 1:
-            p.append(f"options.max_target_length must be >= 1, got {o.max_target_length}")
-        if o.num_beams < 1:
-            p.append(f"options.num_beams must be >= 1, got {o.num_beams}")
-        if o.max_new_tokens is not None and o.max_new_tokens < 1:
-            p.append(f"options.max_new_tokens must be >= 1 or null, got {o.max_new_tokens}")
         for key in ("text_column", "text_pair_column", "label_column"):
             if getattr(cfg.data, key):
                 p.append(
@@ -164,6 +157,8 @@ class Seq2SeqTask(Task):
 
         out = {}
         for split, ds in raw.items():
+            require_content(ds, src_col, split, "source", "options.source_column")
+            require_content(ds, tgt_col, split, "target", "options.target_column")
             out[split] = tokenize_split(ctx, ds, split, encode, required=(src_col, tgt_col))
         return out
 
@@ -429,9 +424,7 @@ def load_parallel(pairs: dict[str, tuple[Path, Path]], source_col: str, target_c
                 if reason:
                     raise LlmtuneError(f"parallel text file {path}: {reason}") from exc
                 cause = exc.__cause__ or exc
-                raise LlmtuneError(
-                    f"could not read parallel text file {path}: {str(cause).strip().splitlines()[0]}"
-                ) from exc
+                raise LlmtuneError(f"could not read parallel text file {path}: {one_line(cause)}") from exc
             sides.append(ds)
         if len(sides[0]) != len(sides[1]):
             raise LlmtuneError(

@@ -32,9 +32,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmtune.errors import LlmtuneError
+from llmtune.config import bounded
+from llmtune.errors import LlmtuneError, one_line
 from llmtune.inference.generation import END_OF_TURN, cut_at_end_of_turn, stop_token_ids  # noqa: F401 (re-exported)
-from llmtune.tasks.base import RunContext, Task, tokenize_split
+from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
 INPUT_COLUMNS = ("input", "context")
@@ -75,8 +76,8 @@ class SFTOptions:
     packing: bool = False
     # Validation prompts whose greedy generations are exported (predictions.jsonl), and their
     # length limit. None = 16 on a GPU, 0 on CPU, where generating dominates evaluation time.
-    num_samples: int | None = None
-    max_new_tokens: int = 128
+    num_samples: int | None = bounded(None, ge=0)
+    max_new_tokens: int = bounded(128, ge=1)
     # Generation quality at evaluation (end of training and `llmtune eval`): greedy answers to
     # this many eval rows (-1 = all, 0 = off) scored against the reference answers with
     # eval_generation_metrics (rouge1/rouge2/rougeL/rougeLsum, bleu, chrf, exact_match).
@@ -107,10 +108,6 @@ class SFTTask(Task):
         from llmtune.modeling import from_config_problems
 
         o, p = cfg.options, from_config_problems(cfg)
-        if o.num_samples is not None and o.num_samples < 0:
-            p.append(f"options.num_samples must be >= 0, got {o.num_samples}")
-        if o.max_new_tokens < 1:
-            p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
         if o.eval_generation_rows < -1:
             p.append(
                 f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
@@ -210,6 +207,9 @@ class SFTTask(Task):
 
         out = {}
         for split, ds in raw.items():
+            layout = ctx.columns
+            require_content(ds, layout.get("response"), split, "response", "options.response_column")
+            require_content(ds, layout.get("messages"), split, "messages", "options.messages_column")
             encoded = tokenize_split(ctx, ds, split, encode)
             # Rows whose answers were truncated away teach nothing (and would divide by zero).
             out[split] = encoded.filter(
@@ -433,7 +433,7 @@ def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = F
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # jinja2 TemplateError (e.g. "roles must alternate") and friends
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = one_line(exc) if str(exc).strip() else type(exc).__name__
         roles = "/".join(m["role"] for m in messages)
         raise LlmtuneError(
             f"the chat template cannot render a conversation with roles {roles or '(none)'}: {text}; "
