@@ -203,8 +203,9 @@ CPU: 2 cores shared with other jobs (15-minute load average {os.getloadavg()[2]:
 | mean reward margin (chosen - rejected) | 0 | {m["eval_reward_margin"]:.4f} |
 | mean log p(chosen) / log p(rejected) | {b["eval_chosen_logps"]:.2f} / {b["eval_rejected_logps"]:.2f} | {m["eval_chosen_logps"]:.2f} / {m["eval_rejected_logps"]:.2f} |
 
-Wall time: training {t.get("train_wall_seconds", float("nan")):.0f} s ({t.get("train_samples_per_second", float("nan")):.2f} pairs/s), held-out eval before {walls.get("before", float("nan")):.0f} s,
-after {walls.get("after", float("nan")):.0f} s (reference log-probs from the base model's eval, no reference model loaded).
+Wall time: training {t.get("train_wall_seconds", float("nan")):.0f} s ({t.get("train_samples_per_second", float("nan")):.2f} pairs/s), held-out eval before {walls.get("before", b["eval_runtime"]):.0f} s,
+after {walls.get("after", m["eval_runtime"]):.0f} s (reference log-probs from the base model's eval, no reference model loaded;
+eval times are the whole `llmtune eval` command when measured here, else the Trainer's eval_runtime).
 
 Limits: {a.train_pairs} training pairs ({t.get("epoch", a.epochs):g} epoch, {math.ceil(a.train_pairs / (a.batch_size * a.grad_accum))} optimizer steps)
 is a very small budget, sized so that the three stages finish on the loaded 2-core machine (one
