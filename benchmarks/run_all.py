@@ -14,6 +14,8 @@ SCRIPTS = [
     "bench_estimate.py",
     "bench_eval_memory.py",
     "bench_dpo.py",
+    "bench_inference.py",
+    "bench_sft_samsum.py",
 ]
 
 

@@ -54,4 +54,10 @@ def quiet_libraries(debug: bool) -> None:
         # bitsandbytes (pulled in by GGUF / quantized loading) warns about optional CPU kernels.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         transformers.utils.logging.disable_progress_bar()  # shard-writing bars; Trainer's bar stays
+        # bitsandbytes (the quant extra), imported lazily by transformers, reports missing optional
+        # CPU kernels and re-registered torch ops on every import: noise for anyone not quantizing.
+        import logging
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=".*previously registered kernel.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -292,8 +292,10 @@ def column_names(ds: Any) -> list[str]:
 
 
 def pick_column(ds: Any, explicit: str | None, candidates: tuple[str, ...], what: str, key: str) -> str:
-    """The column to use: the explicit one (must exist) or the first candidate present."""
-    cols = column_names(ds)
+    """The column to use: the explicit one (must exist) or the first candidate present.
+
+    ``ds`` is a dataset or a plain list of column names (rows read by ``llmtune predict``)."""
+    cols = list(ds) if isinstance(ds, (list, tuple)) else column_names(ds)
     if explicit:
         if explicit not in cols:
             raise LlmtuneError(f"{what} column '{explicit}' ({key}) not found; columns: {', '.join(cols)}")

@@ -122,6 +122,7 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
     labels = ctx.state.get("label_names")
     if labels:
         lines.append("- **Labels:** " + ", ".join(f"`{x}`" for x in labels))
+    lines += task.card_lines(ctx)
     peft = getattr(cfg, "peft", None)
     if peft is not None and peft.method != "none":
         counts = ""

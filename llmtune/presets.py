@@ -56,6 +56,42 @@ PRESETS: dict[str, dict] = {
         max_position_embeddings=1024,
         tie_word_embeddings=True,
     ),
+    # --- speech recognition (CTC, from scratch; ``llmtune finetune --task asr``) ------------------
+    # Wav2Vec2-BERT (conformer) layers over log-mel filterbanks: a convolution-free front-end that
+    # learns from little data on a CPU. The CTC vocabulary comes from the transcriptions.
+    "ctc-tiny": dict(
+        model_type="wav2vec2-bert",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        conv_depthwise_kernel_size=7,
+        layerdrop=0.0,
+        mask_time_prob=0.05,
+        mask_time_length=5,
+        mask_feature_prob=0.0,
+        hidden_dropout=0.0,
+        activation_dropout=0.0,
+        attention_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        conformer_conv_dropout=0.0,
+    ),
+    "ctc-small": dict(
+        model_type="wav2vec2-bert",
+        hidden_size=144,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=576,
+        conv_depthwise_kernel_size=15,
+        layerdrop=0.0,
+        mask_time_prob=0.1,
+        mask_time_length=5,
+        mask_feature_prob=0.2,
+        mask_feature_length=8,
+        hidden_dropout=0.1,
+        final_dropout=0.1,
+    ),
 }
 
 # Model types that can serve each objective (a preset of the wrong kind is a config error).

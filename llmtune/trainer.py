@@ -123,7 +123,12 @@ def llmtune_trainer(base: type) -> type:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
-            if "length" in getattr(dataset, "column_names", []):
+            # The Trainer drops columns the model does not take (``length`` among them) before asking
+            # for a sampler; the rows are the same, so read lengths from the full training set.
+            full = self.train_dataset if len(self.train_dataset or []) == len(dataset) else dataset
+            if "length" in getattr(full, "column_names", []):
+                lengths = list(full["length"])
+            elif "length" in getattr(dataset, "column_names", []):
                 lengths = list(dataset["length"])
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from llmtune.cli import estimate, evaluate, export, recipes, report, train  # noqa: F401  (register their commands)
+from llmtune.cli import (  # noqa: F401  (register their commands)
+    estimate,
+    evaluate,
+    export,
+    generate,
+    predict,
+    recipes,
+    report,
+    serve,
+    train,
+)
 from llmtune.cli._common import enable_debug, fail, handle_errors
 from llmtune.cli.app import app
 

@@ -124,6 +124,58 @@ GgufFile = Annotated[
     Optional[str], typer.Option("--gguf-file", help="GGUF file inside the --model folder (de-quantized on load).")
 ]
 
+# ---- inference: predict, generate, chat, serve
+InferModel = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="llmtune output folder, Hugging Face model folder or Hub id (LoRA/GGUF too)."),
+]
+InferTask = Annotated[
+    Optional[str],
+    typer.Option("--task", "-t", help="Task; default: the one the model was trained for (required for other models)."),
+]
+MaxNewTokens = Annotated[Optional[int], typer.Option("--max-new-tokens", help="Most tokens to generate (>= 1).")]
+Temperature = Annotated[float, typer.Option("--temperature", help="Sampling temperature (>= 0; 0 = greedy).")]
+TopP = Annotated[
+    float, typer.Option("--top-p", help="Nucleus sampling: keep the smallest token set with this mass, in (0, 1].")
+]
+TopK = Annotated[int, typer.Option("--top-k", help="Sample among the k most likely tokens (0 = off).")]
+RepetitionPenalty = Annotated[
+    float, typer.Option("--repetition-penalty", help="Penalise tokens already generated (> 0; 1 = off).")
+]
+GenSeed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling (0 .. 2**32-1).")]
+Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding: always the most likely token.")]
+Stop = Annotated[
+    Optional[list[str]],
+    typer.Option("--stop", help="Stop when this string is generated (repeatable); EOS always stops."),
+]
+System = Annotated[Optional[str], typer.Option("--system", help="System prompt (chat models).")]
+
+
+def generation_settings(
+    max_new_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    repetition_penalty: float,
+    seed: int | None,
+    greedy: bool,
+    stop: list[str] | None,
+    default_max_new_tokens: int = 256,
+) -> Any:
+    """The checked :class:`~llmtune.inference.generation.GenerationSettings` of the generation flags."""
+    from llmtune.inference.generation import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=default_max_new_tokens if max_new_tokens is None else max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        greedy=greedy,
+        stop=list(stop or []),
+    ).check()
+
 
 def train_flags(
     model: str | None,

@@ -105,6 +105,37 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str], ki
     return out
 
 
+GENERATION_METRICS = (*ROUGE_TYPES, "bleu", "chrf", "exact_match")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercased, whitespace-collapsed, surrounding punctuation stripped (for exact match)."""
+    return " ".join(text.lower().split()).strip(" .,!?;:\"'")
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after :func:`normalize_answer`, x100."""
+    _check_lengths(predictions, references)
+    if not predictions:
+        return 0.0
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
+    return 100.0 * hits / len(predictions)
+
+
+def score_generations(predictions: Sequence[str], references: Sequence[str], names: Sequence[str]) -> dict:
+    """The metrics in ``names`` (from :data:`GENERATION_METRICS`) for generated vs reference texts."""
+    out: dict[str, float] = {}
+    if any(n in ROUGE_TYPES for n in names):
+        rouge = rouge_scores(predictions, references)
+        out.update({n: rouge[n] for n in names if n in ROUGE_TYPES})
+    if "bleu" in names or "chrf" in names:
+        both = bleu_chrf(predictions, references) if predictions else {"bleu": 0.0, "chrf": 0.0}
+        out.update({n: both[n] for n in ("bleu", "chrf") if n in names})
+    if "exact_match" in names:
+        out["exact_match"] = exact_match(predictions, references)
+    return out
+
+
 def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")

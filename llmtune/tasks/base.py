@@ -60,6 +60,8 @@ class Task:
     #: modules trained in full with adapters (``peft.modules_to_save`` left unset)
     peft_task_type: str | None = None
     head_modules: tuple[str, ...] = ()
+    #: a causal LM that ``generate``/``chat`` and ``serve``'s completions can drive
+    generative: bool = False
 
     # ---- config time (torch-free) -------------------------------------------------------
     def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
@@ -149,6 +151,10 @@ class Task:
         """One line saying how ``llmtune eval`` scores (printed and saved in metrics.json)."""
         return None
 
+    def card_lines(self, ctx: RunContext) -> list[str]:
+        """Task-specific bullet lines for the model card (e.g. sample rate, vocabulary)."""
+        return []
+
     def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
         """Metrics and exported prediction records for one split."""
         output = trainer.predict(split, metric_key_prefix="eval")
@@ -165,6 +171,25 @@ class Task:
 
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         """Store task metadata (label names, ...) in the model config before saving."""
+
+    # ---- inference: ``llmtune predict`` and ``serve``'s /v1/predict -----------------------------
+    # The shared mechanics (reading rows, length-sorted batches written back in input order,
+    # output) live in :mod:`llmtune.inference`; a task supports predict by implementing these.
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        """Pick the input columns among ``columns`` into ``ctx.columns`` (as ``prepare`` does, with
+        the same ``data.*_column``/``options.*_column`` overrides) and set ``ctx.state`` from the
+        loaded model. One-line error when a needed column is missing."""
+        from llmtune.errors import LlmtuneError
+
+        raise LlmtuneError(f"task {self.name} does not support predict")
+
+    def input_length(self, ctx: RunContext, row: dict) -> int:
+        """Sort key for batching (characters of the input columns)."""
+        return sum(len(str(row.get(c) or "")) for c in ctx.columns.values() if isinstance(c, str))
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        """One output record per input row (``settings``: :class:`llmtune.inference.predict.PredictSettings`)."""
+        raise NotImplementedError
 
 
 def predict_outputs(trainer: Any, split: Any) -> Any:

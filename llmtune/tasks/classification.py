@@ -372,6 +372,56 @@ class ClassificationTask(Task):
             k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.split("_", 1)[-1].startswith("f1_")
         }
 
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        data = ctx.cfg.data
+        text_col = _pick(columns, data.text_column, TEXT_COLUMNS, "text", "data.text_column")
+        pair_col = (
+            _pick(columns, data.text_pair_column, (), "text pair", "data.text_pair_column")
+            if data.text_pair_column
+            else None
+        )
+        ctx.columns = {"text": text_col, "text_pair": pair_col}
+        ctx.state["problem_type"] = self._problem_type(ctx, None, "")
+        id2label = ctx.model.config.id2label
+        names = [str(id2label[i]) for i in range(len(id2label))]
+        ctx.state["output_names"] = names
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.predict import encode_device
+
+        cols = ctx.columns
+        texts = [_as_text(r.get(cols["text"])) for r in rows]
+        pairs = [_as_text(r.get(cols["text_pair"])) for r in rows] if cols.get("text_pair") else None
+        max_length = min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        enc = ctx.tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        logits = ctx.model(**encode_device(ctx, enc)).logits.float().cpu().numpy()
+        scores = self._scores(ctx, logits)
+        threshold = settings.threshold if settings.threshold is not None else ctx.cfg.options.threshold
+        out = []
+        for i, text in enumerate(texts):
+            row = {"text": text}
+            if pairs is not None:
+                row["text_pair"] = pairs[i]
+            row.update(self._prediction(ctx, scores[i], threshold, settings.all_scores))
+            out.append(row)
+        return out
+
+    def _prediction(self, ctx: RunContext, scores: Any, threshold: float, all_scores: bool) -> dict:
+        """The predicted label(s) or value of one example from its probabilities/outputs."""
+        names, problem = ctx.state["output_names"], ctx.state["problem_type"]
+        if problem == "regression":
+            return {"value": round(float(scores[0]), 6)}
+        table = {n: round(float(p), 6) for n, p in zip(names, scores, strict=False)}
+        if problem == "multi_label":
+            out: dict[str, Any] = {"labels": [n for n, p in zip(names, scores, strict=False) if p >= threshold]}
+        else:
+            best = int(scores.argmax())
+            out = {"label": names[best], "score": table[names[best]]}
+        if all_scores:
+            out["scores"] = table
+        return out
+
     def records(self, ctx: RunContext, raw_split: Any, split: Any, output: Any) -> list[dict]:
         names = ctx.state["output_names"]
         problem = ctx.state["problem_type"]

@@ -26,7 +26,7 @@ Module level stays torch-free (config validation imports it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.errors import LlmtuneError
@@ -40,6 +40,8 @@ EVAL_LOGITS_BUDGET = 512 * 2**20
 #: Elements of the logits upcast and scored at once when summing the NLL of a batch.
 NLL_CHUNK_ELEMENTS = 2**24
 DEFAULT_BLOCK = {"clm": 1024, "mlm": 512}
+# clm generation quality: the reference continuation of a prompt
+REFERENCE_COLUMNS = ("reference", "completion", "response", "target")
 
 
 @dataclass
@@ -75,6 +77,15 @@ class ClmOptions(LMOptions):
     # `stride`, each token scored once with up to block_size - stride tokens of left context.
     # None = non-overlapping blocks. Materialises the eval split's token ids (bounded).
     stride: int | None = None
+    # Generation quality at evaluation when the eval rows also hold a prompt and a reference
+    # continuation: greedy continuations of this many rows (-1 = all, 0 = off), up to
+    # max_new_tokens, scored with eval_generation_metrics. Columns: prompt_column /
+    # reference_column (None = prompt / reference, completion, response, target).
+    eval_generation_rows: int = 0
+    eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
+    prompt_column: str | None = None
+    reference_column: str | None = None
+    max_new_tokens: int = 64
 
 
 @dataclass
@@ -290,7 +301,7 @@ class LMTask(Task):
 
     def headline(self, metrics: dict) -> dict:
         keep = {"loss", *self.metric_names, f"initial_{self.metric_names[1]}", "runtime"}
-        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
 
 
 class CausalLMTask(LMTask):
@@ -305,8 +316,9 @@ class CausalLMTask(LMTask):
     pipeline_tag = "text-generation"
     preset_types = ("gpt2", "llama")
     metric_names = ("loss", "perplexity", "tokens")
+    generative = True
 
-    def validate_options(self, o: Any) -> list[str]:
+    def _block_problems(self, o: Any) -> list[str]:
         if o.packing not in CLM_PACKING:
             return [f"options.packing must be one of {', '.join(CLM_PACKING)}, got {o.packing!r}"]
         if o.stride is None:
@@ -318,6 +330,71 @@ class CausalLMTask(LMTask):
         if o.packing != "blocks":
             return [f"options.stride (sliding-window eval) needs options.packing=blocks, got {o.packing}"]
         return []
+
+    def predict(self, ctx: RunContext, trainer: Any, raw_split: Any, split: Any) -> tuple[dict, list[dict]]:
+        metrics, records = super().predict(ctx, trainer, raw_split, split)
+        o = ctx.cfg.options
+        if not o.eval_generation_rows or not trainer.is_world_process_zero():
+            return metrics, records
+        from llmtune.data import column_names, pick_column
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+        from llmtune.tasks.sft import generation_quality
+
+        cols = column_names(raw_split)
+        prompt_col = pick_column(cols, o.prompt_column, ("prompt",), "prompt", "options.prompt_column")
+        ref_col = pick_column(cols, o.reference_column, REFERENCE_COLUMNS, "reference", "options.reference_column")
+        rows = (
+            list(raw_split)
+            if o.eval_generation_rows == -1
+            else list(raw_split.select(range(min(o.eval_generation_rows, len(raw_split)))))
+        )
+        prompts = [str(r[prompt_col] or "") for r in rows]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        run = generate_texts(
+            model, ctx.tokenizer, prompts, greedy_settings(o.max_new_tokens),
+            batch_size=trainer.args.per_device_eval_batch_size, add_special_tokens=True,
+        )  # fmt: skip
+        records = [
+            {"input": p, "reference": str(r[ref_col] or ""), "prediction": g.text}
+            for p, r, g in zip(prompts, rows, run.outputs, strict=True)
+        ]
+        metrics.update(generation_quality(records, run, o))
+        return metrics, records
+
+    def validate_options(self, o: Any) -> list[str]:
+        from llmtune.metrics.generation import GENERATION_METRICS
+
+        p = self._block_problems(o)
+        if o.eval_generation_rows < -1:
+            p.append(
+                f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
+            )
+        if o.max_new_tokens < 1:
+            p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+        unknown = [m for m in o.eval_generation_metrics if m not in GENERATION_METRICS]
+        if unknown or not o.eval_generation_metrics:
+            p.append(
+                f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
+        return p
+
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        from llmtune.data import pick_column
+
+        col = pick_column(columns, ctx.cfg.data.text_column, ("prompt", *TEXT_COLUMNS), "text", "data.text_column")
+        ctx.columns = {"text": col}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+
+        texts = [str(r.get(ctx.columns["text"]) or "") for r in rows]
+        gen = settings.generation or greedy_settings(settings.max_new_tokens or ctx.cfg.options.max_new_tokens)
+        run = generate_texts(ctx.model, ctx.tokenizer, texts, gen, batch_size=len(texts), add_special_tokens=True)
+        return [{"text": t, "generated_text": g.text} for t, g in zip(texts, run.outputs, strict=True)]
 
     def check_model(self, ctx: RunContext, model: Any) -> None:
         if ctx.cfg.options.packing == "documents":

@@ -15,6 +15,7 @@ predicted ``O``) with seqeval's entity-level precision/recall/F1.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from llmtune.tasks.base import RunContext, Task, predict_outputs, require_fast_t
 
 TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "ner", "labels")
+# raw-text input of `llmtune predict` (split into words by WORD)
+TEXT_INPUT_COLUMNS = ("text", "sentence", "content")
+# words of raw text: runs of word characters (with inner - or '), or single punctuation marks
+WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 # files a CoNLL reader must not touch: the standard loaders read them
 STRUCTURED_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 DOCSTART = "-DOCSTART-"
@@ -347,9 +352,81 @@ class NerTask(Task):
         ]
         return metrics, records
 
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        """Pre-split words (a ``tokens``/``words`` list column) or raw text (``text``/``sentence``)."""
+        from llmtune.data import pick_column
+
+        explicit = ctx.cfg.data.text_column
+        tok_col = explicit if explicit in TOKEN_COLUMNS else next((c for c in TOKEN_COLUMNS if c in columns), None)
+        if tok_col and tok_col in columns:
+            ctx.columns = {"tokens": tok_col}
+        else:
+            col = pick_column(columns, explicit, TEXT_INPUT_COLUMNS, "text (or token list)", "data.text_column")
+            ctx.columns = {"text": col}
+        id2label = ctx.model.config.id2label
+        ctx.state["label_names"] = [str(id2label[i]) for i in range(len(id2label))]
+
+    def input_length(self, ctx: RunContext, row: dict) -> int:
+        if "tokens" in ctx.columns:
+            return sum(len(str(w)) + 1 for w in row.get(ctx.columns["tokens"]) or [])
+        return len(str(row.get(ctx.columns["text"]) or ""))
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        import torch
+
+        from llmtune.inference.predict import encode_device
+
+        names = ctx.state["label_names"]
+        texts, spans = [], []
+        for row in rows:
+            if "tokens" in ctx.columns:
+                words = [str(w) for w in row.get(ctx.columns["tokens"]) or []]
+                text, offsets, at = " ".join(words), [], 0
+                for w in words:
+                    offsets.append((at, at + len(w)))
+                    at += len(w) + 1
+            else:
+                text = str(row.get(ctx.columns["text"]) or "")
+                offsets = [m.span() for m in WORD.finditer(text)]
+            texts.append(text)
+            spans.append(offsets)
+        words = [[t[a:b] for a, b in offs] for t, offs in zip(texts, spans, strict=True)]
+        max_length = min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        enc = ctx.tokenizer(
+            words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        probs = torch.softmax(ctx.model(**encode_device(ctx, enc)).logits.float(), dim=-1).cpu()
+        out = []
+        for i, (text, offsets) in enumerate(zip(texts, spans, strict=True)):
+            tags, scores = ["O"] * len(offsets), [1.0] * len(offsets)
+            seen: set = set()
+            for pos, w in enumerate(enc.word_ids(i)):
+                if w is not None and w not in seen:  # the first sub-word speaks for the word
+                    seen.add(w)
+                    best = int(probs[i, pos].argmax())
+                    tags[w], scores[w] = names[best], float(probs[i, pos, best])
+            record: dict[str, Any] = {"text": text, "entities": _entities(text, offsets, tags, scores)}
+            if "tokens" in ctx.columns:
+                record["tags"] = tags
+            out.append(record)
+        return out
+
     def headline(self, metrics: dict) -> dict:
         keep = ("loss", "precision", "recall", "f1", "accuracy")
         return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.endswith("_f1")}
+
+
+def _entities(text: str, offsets: list, tags: list[str], scores: list[float]) -> list[dict]:
+    """Entity spans from word tags (seqeval's chunking): type, text, character start/end, mean score."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    out = []
+    for kind, first, last in get_entities(list(tags)):
+        start, end = offsets[first][0], offsets[last][1]
+        score = sum(scores[first : last + 1]) / (last - first + 1)
+        out.append({"type": kind, "text": text[start:end], "start": start, "end": end, "score": round(score, 4)})
+    return out
 
 
 def _inner_feature(feature: Any) -> Any:

@@ -178,7 +178,8 @@ def postprocess_predictions(
 
     ``feature_example[f]`` is the example index of window ``f``; ``offsets[f][t]`` the
     ``(start_char, end_char)`` of token ``t`` in the context, or None outside the context.
-    Returns per example ``{"text", "score", "null_score_diff"}`` (the last only for v2).
+    Returns per example ``{"text", "score", "null_score_diff"}`` (the last only for v2), plus the
+    answer's character ``start``/``end`` in the context when there is an answer.
     Hand-written (as in transformers' run_qa example): no library provides it.
     """
     import numpy as np
@@ -194,7 +195,7 @@ def postprocess_predictions(
         by_example.setdefault(ex, []).append(f)
     results = []
     for ex, context in enumerate(contexts):
-        best_text, best_score = "", -np.inf
+        best_text, best_score, best_span = "", -np.inf, None
         min_null = None
         for f in by_example.get(ex, []):
             row = candidates[f]
@@ -214,12 +215,15 @@ def postprocess_predictions(
                     if score > best_score:
                         best_score = score
                         best_text = context[offs[s][0] : offs[e][1]]
-        result = {"text": best_text, "score": best_score if best_score > -np.inf else None}
+                        best_span = (int(offs[s][0]), int(offs[e][1]))
+        result: dict[str, Any] = {"text": best_text, "score": best_score if best_score > -np.inf else None}
         if version_2:
             diff = (min_null - best_score) if (min_null is not None and best_score > -np.inf) else float("inf")
             result["null_score_diff"] = diff if diff != float("inf") else None
             if diff > null_score_diff_threshold:
-                result["text"] = ""
+                result["text"], best_span = "", None
+        if best_span is not None:
+            result["start"], result["end"] = best_span
         results.append(result)
     return results
 
@@ -450,6 +454,54 @@ class QaTask(Task):
                 row["null_score_diff"] = None if diff is None else round(diff, 4)
             records.append({k: v for k, v in row.items() if v is not None or k == "prediction"})
         return metrics, records
+
+    # ---- inference -----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        o = ctx.cfg.options
+        for key, col in (("question", o.question_column), ("context", o.context_column)):
+            if col not in columns:
+                raise LlmtuneError(
+                    f"{key} column '{col}' (options.{key}_column) not found in the input; columns: {', '.join(columns)}"
+                )
+        ctx.columns = {"question": o.question_column, "context": o.context_column}
+        ctx.state["version_2"] = bool(o.version_2_with_negative)
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        """Answers through the training-time windowing and the eval post-processing."""
+        import numpy as np
+        import torch
+        from datasets import Dataset
+
+        o = ctx.cfg.options
+        examples = Dataset.from_list(
+            [
+                {o.question_column: str(r.get(o.question_column) or ""), o.context_column: str(r.get(o.context_column) or ""),
+                 o.answers_column: {"text": [], "answer_start": []}}
+                for r in rows
+            ]
+        )  # fmt: skip
+        features = self._features(ctx, examples, "predict")
+        inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids") if c in features.column_names]
+        from transformers import BatchEncoding
+
+        from llmtune.inference.predict import encode_device
+
+        starts, ends = [], []
+        size = max(1, settings.batch_size)
+        for at in range(0, len(features), size):
+            chunk = features[at : at + size]
+            enc = BatchEncoding({c: torch.tensor(chunk[c]) for c in inputs})
+            out = ctx.model(**encode_device(ctx, enc))
+            starts.append(out.start_logits.float().cpu().numpy())
+            ends.append(out.end_logits.float().cpu().numpy())
+        answers = self._answers(ctx, examples, features, np.concatenate(starts), np.concatenate(ends))
+        records = []
+        for row, answer in zip(examples, answers, strict=True):
+            record = {"question": row[o.question_column], "answer": answer["text"]}
+            record["start"], record["end"] = answer.get("start"), answer.get("end")
+            record["score"] = None if answer["score"] is None else round(float(answer["score"]), 4)
+            records.append(record)
+        return records
 
     def headline(self, metrics: dict) -> dict:
         return {

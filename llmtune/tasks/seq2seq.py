@@ -253,6 +253,36 @@ class Seq2SeqTask(Task):
         records = [{"input": s, "reference": r, "prediction": p} for s, r, p in zip(sources, refs, preds, strict=True)]
         return metrics, records
 
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        from llmtune.data import pick_column
+
+        opts = ctx.cfg.options
+        sources = self.source_candidates
+        if self.translation and opts.source_lang:
+            sources = (opts.source_lang, *sources)
+        # txt input and plain "text" rows: the text is the source
+        sources = (*sources, "text") if "text" not in sources else sources
+        ctx.columns = {"source": pick_column(columns, opts.source_column, sources, "source", "options.source_column")}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+        from llmtune.modeling import tokenizer_max_length
+
+        opts = ctx.cfg.options
+        sources = [str(r.get(ctx.columns["source"]) or "") for r in rows]
+        gen = settings.generation or greedy_settings(
+            settings.max_new_tokens or ctx.model.generation_config.max_new_tokens or opts.max_target_length
+        )
+        limit = min(opts.max_source_length or ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        prompts = [(opts.source_prefix or "") + s for s in sources]
+        run = generate_texts(
+            ctx.model, ctx.tokenizer, prompts, gen, batch_size=len(prompts), add_special_tokens=True,
+            max_input_tokens=limit,
+        )  # fmt: skip
+        return [{"input": s, "generated_text": g.text} for s, g in zip(sources, run.outputs, strict=True)]
+
     def headline(self, metrics: dict) -> dict:
         return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in self.headline_keys}
 

@@ -29,10 +29,11 @@ generations for the first ``options.num_samples`` validation prompts (prediction
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.errors import LlmtuneError
+from llmtune.inference.generation import END_OF_TURN, cut_at_end_of_turn, stop_token_ids  # noqa: F401 (re-exported)
 from llmtune.tasks.base import RunContext, Task, tokenize_split
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
@@ -55,8 +56,6 @@ CHAT_TEMPLATES = {
         "{% if not loop.last %}{{ '\\n' }}{% endif %}{% else %}{{ message['content'] + '\\n' }}{% endif %}{% endfor %}"
     ),
 }
-# End-of-turn markers stripped from generated text when they are not special tokens.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 @dataclass
@@ -78,6 +77,11 @@ class SFTOptions:
     # length limit. None = 16 on a GPU, 0 on CPU, where generating dominates evaluation time.
     num_samples: int | None = None
     max_new_tokens: int = 128
+    # Generation quality at evaluation (end of training and `llmtune eval`): greedy answers to
+    # this many eval rows (-1 = all, 0 = off) scored against the reference answers with
+    # eval_generation_metrics (rouge1/rouge2/rougeL/rougeLsum, bleu, chrf, exact_match).
+    eval_generation_rows: int = 0
+    eval_generation_metrics: list[str] = field(default_factory=lambda: ["rougeL", "bleu", "exact_match"])
 
 
 class SFTTask(Task):
@@ -91,6 +95,7 @@ class SFTTask(Task):
     main_metric = "perplexity"
     greater_is_better = False
     pipeline_tag = "text-generation"
+    generative = True
 
     # ---- config -------------------------------------------------------------------------------
     def apply_defaults(self, cfg: Any, tree: dict) -> None:
@@ -106,6 +111,18 @@ class SFTTask(Task):
             p.append(f"options.num_samples must be >= 0, got {o.num_samples}")
         if o.max_new_tokens < 1:
             p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+        if o.eval_generation_rows < -1:
+            p.append(
+                f"options.eval_generation_rows must be -1 (all), 0 (off) or a row count, got {o.eval_generation_rows}"
+            )
+        from llmtune.metrics.generation import GENERATION_METRICS
+
+        unknown = [m for m in o.eval_generation_metrics if m not in GENERATION_METRICS]
+        if unknown or not o.eval_generation_metrics:
+            p.append(
+                f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
         tpl = o.chat_template
         if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
             p.append(
@@ -286,55 +303,97 @@ class SFTTask(Task):
         metrics = dict(output.metrics)
         if "eval_token_loss" in metrics:  # token-weighted, over the answer tokens
             metrics["eval_loss"] = metrics.pop("eval_token_loss")
-        n = num_samples(ctx)
+        o = ctx.cfg.options
+        scored = o.eval_generation_rows
+        n = -1 if scored == -1 else max(num_samples(ctx), scored)
         if n == 0 or not trainer.is_world_process_zero():
             return metrics, []
-        rows = list(itertools.islice(iter(raw_split), n))
+        rows = list(raw_split) if n == -1 else list(itertools.islice(iter(raw_split), n))
         model = trainer.accelerator.unwrap_model(trainer.model)
-        return metrics, self.generate_samples(ctx, model, rows, trainer.args.per_device_eval_batch_size)
+        records, run = self.generate_samples(ctx, model, rows, trainer.args.per_device_eval_batch_size)
+        if scored:
+            metrics.update(generation_quality(records if scored == -1 else records[:scored], run, o))
+        return metrics, records
 
-    def generate_samples(self, ctx: RunContext, model: Any, rows: list[dict], batch_size: int) -> list[dict]:
-        """Greedy answers to the last user turn of each row: {input, reference, prediction}."""
-        import torch
+    def generate_samples(self, ctx: RunContext, model: Any, rows: list[dict], batch_size: int) -> tuple[list, Any]:
+        """Greedy answers to the last user turn of each row: records {input, reference, prediction}
+        and the :class:`~llmtune.inference.generation.GenerationRun` (token counts, seconds)."""
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
 
-        tokenizer = ctx.tokenizer
         prompts, records = [], []
         for row in rows:
             messages = self.conversation(ctx, row)
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
             history = messages[:last] if last is not None else messages
-            prompts.append(render(tokenizer, history, add_generation_prompt=True))
+            prompts.append(render(ctx.tokenizer, history, add_generation_prompt=True))
             shown = history[-1]["content"] if "messages" not in ctx.columns else history
             reference = messages[last]["content"] if last is not None else None
             records.append({"input": shown, "reference": reference})
-        stop = stop_token_ids(tokenizer, model)
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues on the right
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, len(prompts), max(1, batch_size)):
-                chunk = prompts[start : start + batch_size]
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                with torch.no_grad():
-                    out = model.generate(
-                        **enc,
-                        max_new_tokens=ctx.cfg.options.max_new_tokens,
-                        do_sample=False,
-                        num_beams=1,
-                        eos_token_id=stop,
-                        pad_token_id=tokenizer.pad_token_id,
-                    )
-                new_tokens = out[:, enc["input_ids"].shape[1] :]
-                for j, text in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                    records[start + j]["prediction"] = cut_at_end_of_turn(text)
-        finally:
-            tokenizer.padding_side = side
-            model.train(was_training)
-        return records
+        run = generate_texts(model, ctx.tokenizer, prompts, greedy_settings(ctx.cfg.options.max_new_tokens), batch_size)
+        for record, out in zip(records, run.outputs, strict=True):
+            record["prediction"] = out.text
+        return records, run
+
+    # ---- inference ----------------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        """A messages column (the conversation so far) or a prompt column (+ input); txt: the line."""
+        from llmtune.data import pick_column
+
+        o = ctx.cfg.options
+        if o.messages_column or (not o.prompt_column and any(c in columns for c in MESSAGES_COLUMNS)):
+            col = pick_column(columns, o.messages_column, MESSAGES_COLUMNS, "messages", "options.messages_column")
+            ctx.columns = {"messages": col}
+            return
+        prompt = pick_column(columns, o.prompt_column, (*PROMPT_COLUMNS, "text"), "prompt", "options.prompt_column")
+        extra = o.input_column or next((c for c in INPUT_COLUMNS if c in columns and c != prompt), None)
+        if o.input_column and o.input_column not in columns:
+            raise LlmtuneError(
+                f"input column '{o.input_column}' (options.input_column) not found; columns: {', '.join(columns)}"
+            )
+        ctx.columns = {"prompt": prompt, "input": extra}
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        from llmtune.inference.generation import generate_texts
+        from llmtune.inference.predict import greedy_settings
+
+        prompts, shown = [], []
+        for row in rows:
+            if "messages" in ctx.columns:
+                messages = normalize_messages(row.get(ctx.columns["messages"]), ctx.columns["messages"])
+                while messages and messages[-1]["role"] == "assistant":
+                    messages = messages[:-1]  # answer the last user turn
+                shown.append({"messages": messages})
+            else:
+                prompt = str(row.get(ctx.columns["prompt"]) or "")
+                extra = row.get(ctx.columns["input"]) if ctx.columns.get("input") else None
+                shown.append({"prompt": prompt, **({"input": extra} if extra else {})})
+                messages = [{"role": "user", "content": f"{prompt}\n\n{extra}" if extra else prompt}]
+            system = ctx.cfg.options.system_prompt
+            if system and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": system}, *messages]
+            prompts.append(render(ctx.tokenizer, messages, add_generation_prompt=True))
+        gen = settings.generation or greedy_settings(settings.max_new_tokens or ctx.cfg.options.max_new_tokens)
+        run = generate_texts(ctx.model, ctx.tokenizer, prompts, gen, batch_size=len(prompts))
+        return [{**s, "generated_text": g.text} for s, g in zip(shown, run.outputs, strict=True)]
 
     def headline(self, metrics: dict) -> dict:
         keep = ("loss", "perplexity", "tokens")
-        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep}
+        return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
+
+
+def generation_quality(records: list[dict], run: Any, options: Any) -> dict:
+    """eval_gen_* metrics: the generated answers scored against the references, and the speed."""
+    from llmtune.metrics.generation import score_generations
+
+    pairs = [(r["prediction"], r["reference"]) for r in records if r.get("reference") is not None]
+    scores = score_generations([p for p, _ in pairs], [r for _, r in pairs], options.eval_generation_metrics)
+    out = {f"eval_gen_{k}": v for k, v in scores.items()}
+    out["eval_gen_rows"] = len(pairs)
+    out["eval_gen_new_tokens"] = run.new_tokens
+    out["eval_gen_seconds"] = round(run.seconds, 3)
+    out["eval_gen_tokens_per_second"] = round(run.tokens_per_second, 2)
+    return out
 
 
 def num_samples(ctx: RunContext) -> int:
@@ -417,24 +476,6 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -
 
 def _tokens(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
-def stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """EOS ids of the generation config and tokenizer, plus single-token end-of-turn markers."""
-    ids: list[int] = []
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (configured, tokenizer.eos_token_id):
-        ids += value if isinstance(value, list) else ([value] if value is not None else [])
-    vocab = tokenizer.get_vocab()
-    ids += [vocab[marker] for marker in END_OF_TURN if marker in vocab]
-    return list(dict.fromkeys(ids))
-
-
-def cut_at_end_of_turn(text: str) -> str:
-    """Generated text up to the first end-of-turn marker (when it is plain text, not special)."""
-    for marker in END_OF_TURN:
-        text = text.split(marker, 1)[0]
-    return text.strip()
 
 
 TASKS = [SFTTask()]
