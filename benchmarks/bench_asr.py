@@ -196,7 +196,7 @@ def main() -> int:
         *[f"# {r['name']}:\n{r['command']}" for r in results],
         "```",
     ]
-    path = update_benchmarks_md(f"asr-{ns.only}" if ns.only else "asr", "\n".join(lines))
+    path = update_benchmarks_md("asr", "\n".join(lines))
     print("\n".join(lines))
     print(f"written to {path}")
     return 0

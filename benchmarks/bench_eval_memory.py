@@ -84,7 +84,8 @@ def write_splits(root: Path, n_lines: int, n_chats: int) -> dict[str, tuple[Path
     out = {}
     for name, small, large, suffix in (
         ("clm", lines[:n_lines], lines[: n_lines * 10], ".txt"),
-        ("sft", chats[:n_chats], (chats * 10)[: n_chats * 10], ".jsonl"),
+        # the same chats repeated: batches as long as in 1x, so only what eval accumulates can grow
+        ("sft", chats[:n_chats], chats[:n_chats] * 10, ".jsonl"),
         ("sentiment", dev[1:], dev[1:] * 10, ".tsv"),
     ):
         paths = []

@@ -6,7 +6,7 @@ batch 32, max length 128, seeds 0 1 2). Full fine-tuning keeps that benchmark's 
 validation split carved from the *training* rows (10%, never the dev set):
 
     python benchmarks/bench_lora.py --tune                  # selection table (validation split)
-    python benchmarks/bench_lora.py --lora-lr 2e-3 --lora-epochs 3
+    python benchmarks/bench_lora.py --lora-lr 2e-3 --lora-epochs 2
 
 Each run is its own ``python -m llmtune`` process; peak RSS comes from ``os.wait4``. Held-out
 accuracy is the ``test`` split llmtune scores once after training. Writes a BENCHMARKS.md section.
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--full-lr", type=float, default=1e-4)
     ap.add_argument("--full-epochs", type=float, default=1.0)
     ap.add_argument("--lora-lr", type=float, default=2e-3)
-    ap.add_argument("--lora-epochs", type=float, default=3.0)
+    ap.add_argument("--lora-epochs", type=float, default=2.0)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--lora-targets", default="all-linear", help="comma list, or empty for peft's default")
     ap.add_argument("--tune", action="store_true", help="only the LoRA selection on a carved validation split")

@@ -9,6 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "bench_sentiment.py",
+    "bench_lora.py",
     "bench_streaming.py",
     "bench_pretrain.py",
     "bench_estimate.py",

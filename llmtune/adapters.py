@@ -146,13 +146,32 @@ def head_modules(task: Task, model: Any) -> list[str]:
     return [name for name in task.head_modules if name in present]
 
 
-def peft_config(cfg: PeftArgs, task: Task, model: Any) -> Any:
+def new_modules(model: Any, new_weights: list[str]) -> list[str]:
+    """Leaf modules whose weights the checkpoint lacked (randomly initialised at load time, e.g.
+    BERT's pooler under a classifier): they must be trained and saved with the adapters, or an
+    adapters-only folder would reload them as different random weights. The output embedding
+    (tied to the input embedding) is left out."""
+    modules = dict(model.named_modules())
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found: dict[str, None] = {}
+    for key in new_weights:
+        owner = key.rsplit(".", 1)[0] if "." in key else ""
+        module = modules.get(owner)
+        if module is None or not owner or any(True for _ in module.children()) or module is output:
+            continue
+        found.setdefault(owner, None)
+    return list(found)
+
+
+def peft_config(cfg: PeftArgs, task: Task, model: Any, new_weights: list[str] | None = None) -> Any:
     peft = _import_peft()
     targets: Any = cfg.target_modules
     if targets is not None and [t.replace("_", "-") for t in targets] == ["all-linear"]:
         targets = "all-linear"
     if cfg.modules_to_save is None:
-        to_save = head_modules(task, model) or None
+        heads = head_modules(task, model)
+        extra = [m for m in new_modules(model, new_weights or []) if m.rsplit(".", 1)[-1] not in heads]
+        to_save = heads + extra or None
     else:
         to_save = list(cfg.modules_to_save) or None
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
@@ -195,7 +214,7 @@ def apply_adapters(ctx: RunContext, model: Any) -> Any:
     if enabled(cfg):
         peft = _import_peft()
         task = get_task(cfg.task)
-        config = peft_config(cfg.peft, task, model)
+        config = peft_config(cfg.peft, task, model, ctx.state.get("new_weights"))
         if cfg.peft.load_in_4bit:
             model = peft.prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=cfg.train.gradient_checkpointing
@@ -216,7 +235,8 @@ def apply_adapters(ctx: RunContext, model: Any) -> Any:
     trainable, total = count_parameters(model)
     ctx.state["trainable_params"], ctx.state["total_params"] = trainable, total
     if enabled(cfg):
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+        present = {name for name, _ in model.get_base_model().named_modules() if name}
+        present |= {name.rsplit(".", 1)[-1] for name in present}
         saved = sorted({m for m in model.peft_config["default"].modules_to_save or () if m in present})
         extra = f"; trained in full: {', '.join(saved)}" if saved else ""
         quant = ", 4-bit NF4 base (QLoRA)" if cfg.peft.load_in_4bit else ""
@@ -336,6 +356,9 @@ def load_trained(ctx: RunContext, auto_class: str, location: str | Path, merge: 
         kwargs.setdefault(
             "config", AutoConfig.from_pretrained(str(saved), trust_remote_code=bool(args.get("trust_remote_code")))
         )
+        config = kwargs["config"]
+        for key in [k for k in kwargs if k != "config" and hasattr(config, k)]:
+            setattr(config, key, kwargs.pop(key))  # task settings (num_labels...) go on the config
     # The base loads like a training run's model (revision, GGUF de-quantisation), in fp32.
     base_ctx = SimpleNamespace(
         cfg=SimpleNamespace(model=ModelArgs(**{k: v for k, v in args.items() if v is not None})),

@@ -170,7 +170,7 @@ class PeftArgs:
     # linear layer except the output layer.
     target_modules: list[str] | None = None
     # Modules trained in full and saved with the adapters: None = the task's head (classifier,
-    # score, qa_outputs...); [] = none.
+    # score, qa_outputs...) and any layer the checkpoint lacked (e.g. BERT's pooler); [] = none.
     modules_to_save: list[str] | None = None
     # Save the model with the adapters merged in (plus adapter/); false = adapters only.
     merge: bool = True

@@ -234,7 +234,7 @@ def lora_parameters(model: Any, r: int, targets: list[str] | None = None) -> int
     but the output layer, as peft's ``target_modules="all-linear"``.
     """
     _positive(r, "--lora-r")
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = _embeddings(model)[1]
     skip = {name for name, module in model.named_modules() if output is not None and module is output}
     total = 0
     for name, fan_in, fan_out in _linear_shapes(model):
@@ -249,6 +249,17 @@ def lora_parameters(model: Any, r: int, targets: list[str] | None = None) -> int
     return total
 
 
+def _embeddings(model: Any) -> tuple[Any, Any]:
+    """(input embeddings, output layer), None where the model has none (audio models raise)."""
+    found = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            found.append(getattr(model, getter)() if hasattr(model, getter) else None)
+        except (NotImplementedError, AttributeError):
+            found.append(None)
+    return found[0], found[1]
+
+
 def _is_head(model: Any, name: str) -> bool:
     """Whether a module belongs to the task head (outside the base model: classifier, qa_outputs...)."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -261,8 +272,7 @@ def count_parameters(model: Any, lora_r: int | None = None, lora_targets: list[s
     when ``train_head`` (classification-type tasks: peft's ``modules_to_save``)."""
     total = sum(p.numel() for p in model.parameters())
     embedding = 0
-    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inputs, outputs = _embeddings(model)
     tied = inputs is not None and outputs is not None and getattr(outputs, "weight", None) is inputs.weight
     for name, module in model.named_modules():
         if type(module).__name__ == "Embedding" or name.endswith(("wpe", "position_embeddings", "embed_positions")):
@@ -541,10 +551,14 @@ class Target:
     checkpointing: bool
     tokens: float | None
     notes: list[str] = field(default_factory=list)
+    lora_r: int | None = None
+    lora_targets: list[str] | None = None
 
 
 def _precision(value: str) -> str:
     value = value.strip().lower()
+    if value == "auto":  # train.precision auto: bf16 mixed precision on a GPU that has it
+        return "mixed"
     if value == "auto":  # train.precision auto: bf16 mixed precision on the GPUs estimate plans for
         return "mixed"
     if value not in PRECISIONS:
@@ -637,11 +651,19 @@ def resolve(req: Request) -> Target:
                 )
         label = f"recipe {req.recipe}: {model or model_config}"
         config = load_model_config(model, model_config, cfg.model.trust_remote_code, vocab)
+        if req.lora_r is None and cfg.peft.method in ("lora", "dora"):  # the recipe's adapters
+            req = replace(req, lora_r=cfg.peft.r, lora_targets=_peft_targets(cfg.peft.target_modules, config))
+            notes.append(f"adapters: the recipe's peft section ({cfg.peft.method}, r={cfg.peft.r})")
     elif req.model or req.model_config:
         config = load_model_config(req.model, req.model_config, req.trust_remote_code, vocab)
         label = req.model or req.model_config or ""
     else:
         raise LlmtuneError("nothing to estimate: pass --model, --model-config or --recipe (or --gpu-hours alone)")
+    if hasattr(config, "vocab_size") and config.vocab_size is None:
+        raise LlmtuneError(
+            f"the '{config.model_type}' config has no vocabulary size (it comes from the data, e.g. CTC characters): "
+            "pass --vocab-size N"
+        )
     auto_class, lm_head, train_head = _class_for(config, task_name)
     return Target(
         config=config,
@@ -660,7 +682,23 @@ def resolve(req: Request) -> Target:
         checkpointing=bool(ckpt),
         tokens=tokens,
         notes=notes,
+        lora_r=req.lora_r,
+        lora_targets=req.lora_targets,
     )
+
+
+def _peft_targets(targets: list[str] | None, config: Any) -> list[str] | None:
+    """The module names a peft section adapts (None: every linear layer but the output layer)."""
+    if targets and "all-linear" not in targets:
+        return list(targets)
+    if targets is None:  # peft's default for the architecture, when peft knows it
+        try:
+            from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+        except ImportError:
+            return None
+        found = defaults.get(getattr(config, "model_type", ""))
+        return list(found) if found else None
+    return None
 
 
 def _gib(value: float) -> str:
@@ -709,6 +747,7 @@ def run_estimate(req: Request) -> str:
         _positive(req.gpu_hours, "--gpu-hours")
         return "\n".join(budget_text(req, gpu))
     target = resolve(req)
+    req = replace(req, lora_r=target.lora_r, lora_targets=target.lora_targets)
     arch = arch_from_config(target.config)
     model = meta_model(target.config, target.auto_class, req.trust_remote_code)
     params = count_parameters(model)

@@ -1,17 +1,20 @@
 """Memory measurement: peak resident memory (CPU) and peak allocated GPU memory.
 
-On Linux the kernel keeps a process's peak RSS (``VmHWM``) and lets the process reset it to the
-current RSS (writing ``5`` to ``/proc/self/clear_refs``), so the peak of one stretch of work (a
-training step, an evaluation) is measured exactly, without a sampling thread. Elsewhere the peak
-falls back to ``getrusage``'s lifetime maximum (then it includes model loading).
+CPU: a background thread samples this process's resident memory (``/proc/self/statm``, a few
+microseconds a read) every few milliseconds while a training step runs, so the peak of the steps
+is measured without touching the kernel's own high-water mark (resetting it would hide earlier
+peaks from anyone measuring the whole process, e.g. ``wait4`` in the benchmarks). Where
+``/proc`` is missing, the process's lifetime peak (``getrusage``) is reported instead, named so.
 
 Module level stays torch-free.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import threading
 from typing import Any
 
 MIB = 2**20
@@ -28,24 +31,22 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: Seconds between samples of the resident memory during a training step.
+SAMPLE_INTERVAL = 0.005
+
+
 def current_rss() -> int | None:
     """Resident memory of this process now, in bytes (None where unknown)."""
-    kib = _status_kib("VmRSS")
-    return kib * 1024 if kib is not None else None
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-RSS measurement; False where the peak cannot be reset (non-Linux)."""
     try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def peak_rss() -> int:
-    """Peak resident memory in bytes since the last :func:`reset_peak_rss` (or process start)."""
+def process_peak_rss() -> int:
+    """This process's lifetime peak resident memory, in bytes."""
     kib = _status_kib("VmHWM")
     if kib is not None:
         return kib * 1024
@@ -53,30 +54,78 @@ def peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
+class RssSampler:
+    """Highest resident memory seen while active (sampled by a daemon thread)."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._active = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        rss = current_rss()
+        if rss is not None and rss > self.peak:
+            self.peak = rss
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._active.wait(0.1):
+                self._sample()
+                self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._sample()
+        self._active.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="llmtune-rss", daemon=True)
+            self._thread.start()
+
+    def pause(self) -> None:
+        self._sample()
+        self._active.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._active.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+            self._thread = None
+
+
 def step_memory_callback() -> Any:
     """A ``TrainerCallback`` measuring the peak memory of the training steps (not of evaluation,
-    saving or logging between them): peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on a
-    GPU. Reported by :meth:`metrics` in MiB (this process; rank 0's in a launched run)."""
+    saving or logging between them): resident memory on CPU (sampled), or
+    ``torch.cuda.max_memory_allocated`` on a GPU. :meth:`metrics` reports it in MiB (this
+    process; rank 0's in a launched run)."""
     from transformers import TrainerCallback
 
     class StepMemory(TrainerCallback):
         def __init__(self) -> None:
             self.peak = 0
             self.kind: str | None = None
+            self.sampler: RssSampler | None = None
 
-        def _cuda(self, args: Any) -> bool:
+        def on_train_begin(self, args, state, control, **kwargs):
             import torch
 
-            return torch.cuda.is_available() and getattr(args.device, "type", "") == "cuda"
+            if torch.cuda.is_available() and getattr(args.device, "type", "") == "cuda":
+                self.kind = "gpu_max_allocated"
+            elif current_rss() is not None:
+                self.kind = "rss"
+                self.sampler = RssSampler()
+            else:
+                self.kind = "rss_process_peak"
+            return control
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if self._cuda(args):
+            if self.kind == "gpu_max_allocated":
                 import torch
 
                 torch.cuda.reset_peak_memory_stats(args.device)
-                self.kind = "gpu_max_allocated"
-            else:
-                self.kind = "rss" if reset_peak_rss() else "rss_process_peak"
+            elif self.sampler is not None:
+                self.sampler.start()
             return control
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -84,12 +133,20 @@ def step_memory_callback() -> Any:
                 import torch
 
                 self.peak = max(self.peak, int(torch.cuda.max_memory_allocated(args.device)))
-            elif self.kind is not None:
-                self.peak = max(self.peak, peak_rss())
+            elif self.sampler is not None:
+                self.sampler.pause()
+                self.peak = max(self.peak, self.sampler.peak)
+            elif self.kind == "rss_process_peak":
+                self.peak = max(self.peak, process_peak_rss())
+            return control
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.sampler is not None:
+                self.sampler.close()
             return control
 
         def metrics(self) -> dict:
-            if self.kind is None:
+            if self.kind is None or not self.peak:
                 return {}
             name = {
                 "gpu_max_allocated": "train_step_peak_gpu_allocated_mb",

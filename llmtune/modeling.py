@@ -163,12 +163,14 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
         for key in [k for k in kwargs if hasattr(config, k)]:
             setattr(config, key, kwargs.pop(key))
         extra["config"] = config
-    location = model_location(ctx.model_path)
     extra.update(kwargs)
     try:
-        model = cls.from_pretrained(location, **extra)
+        model, info = cls.from_pretrained(location, output_loading_info=True, **extra)
         if cfg.gguf_file:
             drop_gguf_quantizer(model)
+        if ctx.training and isinstance(getattr(ctx, "state", None), dict):
+            # Weights the checkpoint lacks (a new head, BERT's pooler...): adapters train them in full.
+            ctx.state["new_weights"] = sorted(info.get("missing_keys") or ())
         return model
     except OSError as exc:
         raise _hub_error("model", ctx.model_path, exc) from exc

@@ -58,9 +58,11 @@ PRESETS: dict[str, dict] = {
     ),
     # --- speech recognition (CTC, from scratch; ``llmtune finetune --task asr``) ------------------
     # Wav2Vec2-BERT (conformer) layers over log-mel filterbanks: a convolution-free front-end that
-    # learns from little data on a CPU. The CTC vocabulary comes from the transcriptions.
+    # learns from little data on a CPU. The CTC vocabulary comes from the transcriptions (vocab_size
+    # here is a nominal character set, for estimates before the data is read).
     "ctc-tiny": dict(
         model_type="wav2vec2-bert",
+        vocab_size=32,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -79,6 +81,7 @@ PRESETS: dict[str, dict] = {
     ),
     "ctc-small": dict(
         model_type="wav2vec2-bert",
+        vocab_size=32,
         hidden_size=144,
         num_hidden_layers=4,
         num_attention_heads=4,

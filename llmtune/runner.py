@@ -106,7 +106,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
     if has_eval and ctx.state.get("eval_batch_note"):
-        echo(f"llmtune: {ctx.state['eval_batch_note']}")
+        info(f"llmtune: {ctx.state['eval_batch_note']}")
     started = time.perf_counter()
     stopper = _callback(trainer, "StopOnSignal")
     finished = False
@@ -263,7 +263,7 @@ def run_eval(
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
     method = task.eval_note(ctx)
     for line in (method, ctx.state.get("eval_batch_note")):
-        if line:
+        if line and cfg.train.progress != "quiet":
             echo(f"llmtune: {line}")
     metrics, records = task.predict(ctx, trainer, raw["validation"], processed["validation"])
     metrics = clean_metrics(metrics)

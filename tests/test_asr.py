@@ -358,11 +358,11 @@ def test_resume_after_kill_is_exact(speech, tmp_path):
     common = ["finetune", "--dataset", str(speech), "--epochs", "2", "--batch-size", "4", *SCRATCH]
     common += ["--set", "train.eval_strategy=no", "--set", "train.eval_steps=4"]
     ref = tmp_path / "ref"
-    assert llmtune([*common, "-o", str(ref)]).returncode == 0
+    assert llmtune([*common, "-o", str(ref)], timeout=900).returncode == 0
     out = tmp_path / "run"
-    killed = llmtune([*common, "-o", str(out)], LLMTUNE_FAULT="step:10")
+    killed = llmtune([*common, "-o", str(out)], timeout=900, LLMTUNE_FAULT="step:10")
     assert killed.returncode == -signal.SIGKILL
-    done = llmtune([*common, "-o", str(out), "--resume", "auto"])
+    done = llmtune([*common, "-o", str(out), "--resume", "auto"], timeout=900)
     assert done.returncode == 0, done.stderr
     assert f"resuming from {out / 'checkpoint-8'}" in done.stdout
     assert losses(out) == losses(ref) and len(losses(ref)) == 16
@@ -374,8 +374,8 @@ def test_two_processes_match_one(speech, tmp_path):
     common = ["finetune", "--dataset", str(speech), "--epochs", "1", *SCRATCH]
     common += ["--set", "options.mask_time_prob=0.0", "--set", "train.eval_batch_size=3"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert llmtune([*common, "--batch-size", "8", "-o", str(one)]).returncode == 0
-    result = torchrun([*common, "--batch-size", "4", "-o", str(two)])
+    assert llmtune([*common, "--batch-size", "8", "-o", str(one)], timeout=900).returncode == 0
+    result = torchrun([*common, "--batch-size", "4", "-o", str(two)], timeout=900)
     assert result.returncode == 0, result.stderr
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 4

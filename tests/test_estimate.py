@@ -65,10 +65,15 @@ def shipped_offline_recipes() -> list[str]:
 
 @pytest.mark.parametrize("recipe", shipped_offline_recipes())
 def test_recipe_counts_equal_instantiated(recipe):
+    from llmtune.errors import LlmtuneError
     from llmtune.estimate import Request, resolve
 
-    target = resolve(Request(recipe=recipe))
-    if target.config.vocab_size > 8192 and "pretrain" in recipe:
+    try:
+        target = resolve(Request(recipe=recipe))
+    except LlmtuneError as exc:  # asr: the CTC vocabulary comes from the data
+        assert "--vocab-size" in str(exc)
+        target = resolve(Request(recipe=recipe, vocab_size=32))
+    if (getattr(target.config, "vocab_size", None) or 0) > 8192 and "pretrain" in recipe:
         # from scratch with a tokenizer not trained yet: a smaller vocabulary keeps the real build cheap
         target = resolve(Request(recipe=recipe, vocab_size=8192))
     counted = count_parameters(meta_model(target.config, target.auto_class)).total

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -99,3 +100,25 @@ def test_not_a_run_is_one_error_line(cli, tmp_path):
     run = make_run(tmp_path, "r", {"status": "finished"}, {"eval": {}}, _history(2, [0.5]))
     bad_png = cli("report", run, "-o", tmp_path / "x.jpg")
     assert bad_png.exit_code == 2 and "PNG" in bad_png.output
+
+
+@pytest.mark.slow
+def test_report_on_a_killed_run(cli, tiny_bert_dir, tmp_path):
+    """A run SIGKILLed mid-way: its incrementally written log and status make it reportable."""
+    from tests.run_utils import finetune_args, llmtune, write_csv
+
+    data = write_csv(tmp_path / "d.csv", 64)
+    out = tmp_path / "killed"
+    args = finetune_args(
+        tiny_bert_dir, data, out, "--batch-size", "8", "--max-steps", "6", "--set", "train.report_to=none"
+    )
+    proc = llmtune(args, LLMTUNE_FAULT="step:3")
+    assert proc.returncode != 0
+    rows = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    # killed right after optimizer step 3, before that step's log entry
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    result = cli("report", out, "--no-plot")
+    assert result.exit_code == 0, result.output
+    status = next(ln for ln in result.output.splitlines() if ln.startswith("status")).split()
+    step = next(ln for ln in result.output.splitlines() if ln.startswith("step")).split()
+    assert status[1] == "killed" and step[1] == "2/6"

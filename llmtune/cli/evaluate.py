@@ -35,18 +35,13 @@ def eval_cmd(
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
-    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides, read_yaml
+    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides
+    from llmtune.inference.loader import saved_tree
     from llmtune.modeling import model_location
 
     model = model_location(model)  # a missing folder fails here, naming --model
-    tree: dict[str, Any] = {}
     saved = Path(model) / CONFIG_FILENAME
-    if saved.is_file():
-        # Reuse how the model was trained (columns, max length, task options).
-        old = read_yaml(saved)
-        tree = {k: old[k] for k in ("task", "data", "options") if k in old}
-        for key in ("dataset", "config_name", "eval_split", "test_split", "max_train_samples", "max_eval_samples"):
-            tree.get("data", {}).pop(key, None)
+    tree: dict[str, Any] = saved_tree(model)  # how the model was trained: columns, max length, options
     if task is not None:
         if tree.get("task") and tree["task"] != task:
             tree.pop("options", None)

@@ -918,9 +918,11 @@ def _first_rate(ds: Any, audio_col: str) -> int:
 
 
 def _all_texts(raw: Any, text_col: str) -> list[str]:
+    from llmtune.data import column_names
+
     texts: list[str] = []
     for ds in raw.values():
-        if text_col not in (ds.column_names or []):
+        if text_col not in column_names(ds):
             continue
         if _is_streaming(ds):
             texts.extend(r[text_col] or "" for r in ds.select_columns([text_col]))

@@ -130,6 +130,16 @@ def read_squad_json(path: Path) -> Any:
 # post-processing
 
 
+def cls_null_positions(ids: Any, cls_id: int | None) -> Any:
+    """Each window's null-answer position, as in preprocessing: its first CLS token (else 0)."""
+    import torch
+
+    if cls_id is None:
+        return torch.zeros_like(ids[:, 0])
+    is_cls = ids == cls_id
+    return torch.where(is_cls.any(dim=1), is_cls.int().argmax(dim=1), torch.zeros_like(ids[:, 0]))
+
+
 def window_candidates(start_logits: Any, end_logits: Any, null_positions: Any, n_best_size: int) -> Any:
     """Per window: the ``n_best_size`` best start and end positions with their scores, and the
     null score (start + end logit at the window's CLS position), as one float row
@@ -384,15 +394,8 @@ class QaTask(Task):
         n_best, cls_id = ctx.cfg.options.n_best_size, ctx.tokenizer.cls_token_id
 
         def step(model: Any, inputs: dict) -> tuple[Any, Any, Any]:
-            import torch
-
             outputs = model(**inputs)
-            ids = inputs["input_ids"]
-            if cls_id is not None:  # the window's null position, as in preprocessing: its first CLS
-                is_cls = ids == cls_id
-                null = torch.where(is_cls.any(dim=1), is_cls.int().argmax(dim=1), torch.zeros_like(ids[:, 0]))
-            else:
-                null = torch.zeros_like(ids[:, 0])
+            null = cls_null_positions(inputs["input_ids"], cls_id)
             found = window_candidates(outputs.start_logits, outputs.end_logits, null, n_best)
             return outputs.get("loss"), found, inputs.get("start_positions", null)
 
@@ -486,15 +489,15 @@ class QaTask(Task):
 
         from llmtune.inference.predict import encode_device
 
-        starts, ends = [], []
+        found = []  # per window only its n-best candidates, as in evaluation (never all logits)
         size = max(1, settings.batch_size)
         for at in range(0, len(features), size):
             chunk = features[at : at + size]
-            enc = BatchEncoding({c: torch.tensor(chunk[c]) for c in inputs})
-            out = ctx.model(**encode_device(ctx, enc))
-            starts.append(out.start_logits.float().cpu().numpy())
-            ends.append(out.end_logits.float().cpu().numpy())
-        answers = self._answers(ctx, examples, features, np.concatenate(starts), np.concatenate(ends))
+            enc = encode_device(ctx, BatchEncoding({c: torch.tensor(chunk[c]) for c in inputs}))
+            out = ctx.model(**enc)
+            null = torch.tensor(chunk["null_position"], device=out.start_logits.device)
+            found.append(window_candidates(out.start_logits, out.end_logits, null, o.n_best_size).cpu().numpy())
+        answers = self._answers(ctx, examples, features, np.concatenate(found))
         records = []
         for row, answer in zip(examples, answers, strict=True):
             record = {"question": row[o.question_column], "answer": answer["text"]}
