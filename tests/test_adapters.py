@@ -240,9 +240,9 @@ def logged_losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
-def eval_metric(cli, model: Path, data: Path, out: Path, metric: str) -> float:
+def eval_metric(cli, model: Path, data: Path, out: Path, metric: str, *extra: str) -> float:
     # the training seed: mlm's fixed evaluation masks are drawn from it
-    result = cli("eval", "--model", model, "--dataset", data, "-o", out, "--set", "train.seed=0")
+    result = cli("eval", "--model", model, "--dataset", data, "-o", out, "--set", "train.seed=0", *extra)
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text())["eval"][metric]
 
@@ -264,9 +264,11 @@ def test_lora_every_task_learns_saves_and_loads(task, cli, request, tmp_path):
     assert not (out / "adapter_config.json").exists()
     metric = TASKS[task][3]
     trained = metrics["eval"][metric]
-    # `llmtune eval` on the merged folder and on the adapters (loaded on top of the base)
-    merged = eval_metric(cli, out, data, tmp_path / "ev-merged", metric)
-    adapters = eval_metric(cli, adapter, data, tmp_path / "ev-adapter", metric)
+    # `llmtune eval` on the merged folder and on the adapters (loaded on top of the base); clm eval of
+    # a text file reads it as one stream by default, training line by line: score it as training did
+    extra = ("--set", "options.sample_by=line") if task == "clm" else ()
+    merged = eval_metric(cli, out, data, tmp_path / "ev-merged", metric, *extra)
+    adapters = eval_metric(cli, adapter, data, tmp_path / "ev-adapter", metric, *extra)
     assert merged == pytest.approx(trained, rel=1e-4, abs=1e-6)
     assert adapters == pytest.approx(trained, rel=1e-4, abs=1e-6)
 
