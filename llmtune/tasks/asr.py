@@ -488,6 +488,12 @@ class AsrTask(Task):
         for row in rows:
             paths.append(row["audio_path"])
             refs.append(row["reference"])
+        if len(hyps) > len(refs) and trainer.args.world_size > 1:
+            # Sharded evaluation pads the last batches with clips from the start of the split
+            # (accelerate's even batches); gathered in order they come after every real clip.
+            # accelerate drops them itself when it knows the remainder, which it did not for the
+            # CTC frame ids here: drop them the same way.
+            hyps = hyps[: len(refs)]
         if len(refs) != len(hyps):  # pragma: no cover - a streamed split that changed under us
             raise LlmtuneError(f"{len(hyps)} transcripts for {len(refs)} clips: the split changed during evaluation")
         normalize = ctx.cfg.options.normalize
