@@ -314,6 +314,14 @@ def test_saved_model_in_pipeline_and_eval(scratch_run, speech, tmp_path, cli):
     ctx.tokenizer = task.load_tokenizer(ctx)
     ctx.model = task.load_trained_model(ctx)
     assert task.transcribe(ctx, [r["audio"] for r in rows]) == [r["hypothesis"] for r in rows]
+    # llmtune predict: a txt input of audio paths, one transcript per line, in input order
+    paths = tmp_path / "clips.txt"
+    paths.write_text("".join(r["audio"] + "\n" for r in rows), encoding="utf-8")
+    result = cli("predict", "--model", out, "--input", paths, "--output", tmp_path / "pred.jsonl")
+    assert result.exit_code == 0, result.output
+    predicted = read_jsonl(tmp_path / "pred.jsonl")
+    assert [p["transcript"] for p in predicted] == [r["hypothesis"] for r in rows]
+    assert [p["audio"] for p in predicted] == [r["audio"] for r in rows]
     # llmtune eval: same split, same normalisation -> the same scores
     result = cli("eval", "--model", out, "--dataset", speech, "--split", "validation", "-o", tmp_path / "ev")
     assert result.exit_code == 0, result.output

@@ -526,6 +526,28 @@ class AsrTask(Task):
         return lines
 
     # ---- inference (reused by prediction commands) ------------------------------------------
+    # ---- llmtune predict -------------------------------------------------------------------
+    def prepare_inference(self, ctx: RunContext, columns: list[str]) -> None:
+        from llmtune.data import pick_column
+
+        # a txt input is one audio path per line (column "text")
+        candidates = (*AUDIO_COLUMNS, "text")
+        col = pick_column(columns, ctx.cfg.options.audio_column, candidates, "audio", "options.audio_column")
+        ctx.columns = {"audio": col}
+
+    def input_length(self, ctx: RunContext, row: dict) -> int:
+        return 0  # clip lengths are unknown before decoding: keep the input order
+
+    def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
+        """One transcript per audio path (relative paths are read from the working directory)."""
+        col = ctx.columns["audio"]
+        sources = [r.get(col) for r in rows]
+        for i, source in enumerate(sources):
+            if not source:
+                raise LlmtuneError(f"row {i + 1} of the input has no audio in column '{col}'")
+        texts = self.transcribe(ctx, sources, batch_size=max(1, settings.batch_size))
+        return [{"audio": str(s), "transcript": t} for s, t in zip(sources, texts, strict=True)]
+
     def transcribe(self, ctx: RunContext, sources: list[Any], batch_size: int = 8) -> list[str]:
         """Transcripts for audio files, bytes, ``{"array", "sampling_rate"}`` dicts or (array, rate)
         pairs, with a model loaded by ``load_tokenizer`` + ``load_trained_model`` (or trained)."""
