@@ -115,7 +115,7 @@ class DPOTask(Task):
     # ---- config -------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
-        from llmtune.tasks.sft import CHAT_TEMPLATES
+        from llmtune.tasks.sft import chat_template_problem
 
         o, p = cfg.options, from_config_problems(cfg)
         if o.loss_type not in LOSS_TYPES:
@@ -138,11 +138,9 @@ class DPOTask(Task):
             )
         if o.reference_model and o.precompute_reference:
             p.append("set options.reference_model or options.precompute_reference, not both")
-        tpl = o.chat_template
-        if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
-            p.append(
-                f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
-            )
+        problem = chat_template_problem(o.chat_template)
+        if problem:
+            p.append(problem)
         if cfg.data.streaming:
             p.append("data.streaming is not supported by dpo (pairs are checked and counted up front): drop it")
         for key in ("text_column", "text_pair_column", "label_column"):
@@ -152,14 +150,10 @@ class DPOTask(Task):
 
     # ---- tokenizer ----------------------------------------------------------------------------
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
-        from llmtune.tasks.sft import CHAT_TEMPLATES
+        from llmtune.tasks.sft import apply_chat_template_option
 
         tokenizer = super().load_tokenizer(ctx, **kwargs)
-        wanted = ctx.cfg.options.chat_template
-        if wanted is not None:
-            tokenizer.chat_template = CHAT_TEMPLATES.get(wanted, wanted)
-        elif not tokenizer.chat_template:
-            tokenizer.chat_template = CHAT_TEMPLATES["chatml"]  # saved with the model: inference matches
+        apply_chat_template_option(tokenizer, ctx.cfg.options.chat_template)
         if tokenizer.eos_token_id is None:
             raise LlmtuneError(f"tokenizer of '{ctx.model_path}' has no EOS token: dpo needs one to end answers")
         return tokenizer

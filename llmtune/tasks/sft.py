@@ -59,6 +59,24 @@ CHAT_TEMPLATES = {
 }
 
 
+def chat_template_problem(tpl: str | None) -> str | None:
+    """``options.chat_template`` must be a shipped template name or a Jinja string (sft, dpo)."""
+    if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
+        return f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
+    return None
+
+
+def apply_chat_template_option(tokenizer: Any, wanted: str | None) -> bool:
+    """Set ``options.chat_template`` on the tokenizer, or chatml when it has none (saved with the
+    model, so inference renders chats the same way). True when chatml was the fallback."""
+    if wanted is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(wanted, wanted)
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+        return True
+    return False
+
+
 @dataclass
 class SFTOptions:
     # Columns; None = auto-detect. messages_column wins when present.
@@ -120,11 +138,9 @@ class SFTTask(Task):
                 f"options.eval_generation_metrics: {', '.join(unknown) or 'empty'} not known; pick from "
                 f"{', '.join(GENERATION_METRICS)}"
             )
-        tpl = o.chat_template
-        if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
-            p.append(
-                f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
-            )
+        problem = chat_template_problem(o.chat_template)
+        if problem:
+            p.append(problem)
         if o.messages_column and (o.prompt_column or o.response_column):
             p.append("set options.messages_column or options.prompt_column/response_column, not both")
         for key in ("text_column", "text_pair_column", "label_column"):
@@ -135,11 +151,7 @@ class SFTTask(Task):
     # ---- tokenizer and chat template ----------------------------------------------------------
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
         tokenizer = super().load_tokenizer(ctx, **kwargs)
-        wanted = ctx.cfg.options.chat_template
-        if wanted is not None:
-            tokenizer.chat_template = CHAT_TEMPLATES.get(wanted, wanted)
-        elif not tokenizer.chat_template:
-            tokenizer.chat_template = CHAT_TEMPLATES["chatml"]  # saved with the model: inference matches
+        if apply_chat_template_option(tokenizer, ctx.cfg.options.chat_template):
             ctx.state["chat_template_note"] = "tokenizer has no chat template: using chatml"
         if tokenizer.eos_token_id is None:
             raise LlmtuneError(f"tokenizer of '{ctx.model_path}' has no EOS token: sft needs one to teach stopping")
