@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -150,7 +151,8 @@ file split with seed {args.seed} into {len(train)} train and {len(heldout)} held
 only dialogues of <= {args.max_chars} characters, to fit the CPU budget). Full fine-tune, {args.epochs:g} epoch(s), lr {args.lr:g},
 batch {args.batch_size}, no evaluation split during training. Both models scored by `llmtune eval` on the
 held-out rows: greedy, batched (16), left-padded, KV-cached generation of up to {args.max_new_tokens} new tokens,
-ROUGE/BLEU x100, exact match in %. 2 CPU cores shared with other jobs (wall times are upper bounds).
+ROUGE/BLEU x100, exact match in %. 2 CPU cores, one run at a time (1-minute load average {os.getloadavg()[0]:.1f}
+at the end; about 2 is the run itself), {time.strftime("%Y-%m-%d")}. Nothing was chosen by looking at the held-out rows.
 
 | held-out metric | zero-shot (base) | fine-tuned |
 |---|---|---|
