@@ -12,10 +12,13 @@ less compute.
 
 Two layouts:
 
-- ``rows`` (sdpa, eager, flex_attention): examples first-fit into rows of at most ``row_length``
-  tokens (or the longest example), rows right-padded to the longest row. The attention cost is
-  rows x row_length² rather than (all tokens)², which is what a single row would cost on kernels
-  that materialise the block-diagonal mask. The padding tail is its own "document" with label -100.
+- ``rows`` (sdpa, eager, flex_attention): examples first-fit into rows as wide as the batch's
+  longest example (or ``row_length`` when given and wider), rows right-padded to the longest row.
+  These kernels compute a whole row's attention under the block-diagonal mask, so a row costs
+  width² however its examples split it: rows as wide as the longest example keep that cost at or
+  below a padded batch's (rows x longest² <= batch x longest²), where rows of ``max_length`` would
+  cost more than padding whenever the examples are much shorter than ``max_length``. The padding
+  tail is its own "document" with label -100.
 - ``flat`` (FlashAttention-2): one row of all examples plus ``cu_seq_lens_q/k`` and
   ``max_length_q/k``, so the varlen kernel does only the per-example work (and does not sync the
   device to find the boundaries).
@@ -61,14 +64,14 @@ class PaddingFreeCollator:
     """Packs a batch of ``{"input_ids"[, "labels"]}`` examples without padding between them.
 
     ``labels`` default to the inputs (causal LM). ``pad_id`` fills the short rows of the ``rows``
-    layout. Passes ``use_cache=False``: with a KV cache transformers ignores restarting positions.
+    layout, whose rows are as wide as the longest example unless ``row_length`` is wider. Passes ``use_cache=False``: with a KV cache transformers ignores restarting positions.
     """
 
-    def __init__(self, pad_id: int, row_length: int, layout: str = "rows"):
+    def __init__(self, pad_id: int, row_length: int | None = None, layout: str = "rows"):
         if layout not in ("rows", "flat"):
             raise ValueError(f"layout must be rows or flat, got {layout!r}")
         self.pad_id = int(pad_id)
-        self.row_length = int(row_length)
+        self.row_length = int(row_length) if row_length is not None else 0
         self.layout = layout
 
     def __call__(self, features: list[dict]) -> dict:

@@ -25,6 +25,10 @@ def test_collator_positions_restart_and_labels_skip_each_start():
     # row 0: the 4-token doc then the 2-token doc; row 1: the 3-token doc then a 3-token padding tail
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
     assert batch["labels"].tolist() == [[-100, 2, 3, 4, -100, 9], [-100, 6, 7, -100, -100, -100]]
+    # by default rows are as wide as the longest example: never more attention per row than padding
+    narrow = PaddingFreeCollator(pad_id=0)(feats)
+    assert narrow["input_ids"].shape == (3, 4)
+    assert narrow["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]
     flat = PaddingFreeCollator(pad_id=0, row_length=6, layout="flat")(feats)
     assert flat["input_ids"].shape == (1, 9)
     assert flat["cu_seq_lens_q"].tolist() == [0, 3, 5, 9] and flat["max_length_q"] == 4

@@ -414,7 +414,6 @@ class CausalLMTask(LMTask):
         tok = ctx.tokenizer
         return PaddingFreeCollator(
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            row_length=ctx.cfg.options.block_size,
             layout=layout_for(ctx.cfg.model.attn_implementation),
         )
 

@@ -276,7 +276,6 @@ class SFTTask(Task):
             tok = ctx.tokenizer
             return PaddingFreeCollator(
                 pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                row_length=ctx.cfg.data.max_length,
                 layout=layout_for(ctx.cfg.model.attn_implementation),
             )
         return self.padded_collator(ctx)
