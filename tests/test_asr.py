@@ -289,7 +289,7 @@ def test_ctc_from_scratch_learns_and_scores_like_jiwer(scratch_run, speech):
     assert abs(metrics["eval_wer"] - jiwer.wer(refs, hyps)) < 1e-9
     assert abs(metrics["eval_cer"] - jiwer.cer(refs, hyps)) < 1e-9
     card = (out / "README.md").read_text()
-    assert "**Sample rate:** 8000 Hz" in card and "`<pad>` `<unk>` `|` `d`" in card
+    assert "**Sample rate:** 16000 Hz" in card and "`<pad>` `<unk>` `|` `d`" in card
     assert "automatic-speech-recognition" in card
 
 

@@ -18,7 +18,8 @@ Family: read from the model config. Types in transformers' CTC mapping load with
   model's generation config, so the saved model transcribes the same way in ``pipeline``.
 - From scratch: ``model.config`` names a speech preset (``ctc-tiny``, ``ctc-small``; see
   :mod:`llmtune.presets`) or a config.json of a CTC model type; the feature extractor is built for
-  the data's sample rate (that of the first training clip, or ``options.sampling_rate``).
+  the data's sample rate (that of the first training clip, at least 16 kHz for the log-mel presets,
+  or ``options.sampling_rate``).
 
 Data: an audiofolder layout (a folder with ``metadata.csv``/``metadata.jsonl`` holding
 ``file_name`` and a transcription column, or ``train/``, ``validation/``, ``test/`` subfolders each
@@ -66,8 +67,9 @@ class AsrOptions:
     # (audio, file_name, file, path, ...). Transcriptions: data.text_column (auto: transcription,
     # text, sentence, ...).
     audio_column: str | None = None
-    # From scratch: the model's sample rate; None = that of the first training clip. A pretrained
-    # feature extractor keeps its own rate (every clip is resampled to it).
+    # From scratch: the model's sample rate; None = that of the first training clip, at least 16 kHz
+    # for wav2vec2-bert (see scratch_rate). A pretrained feature extractor keeps its own rate
+    # (every clip is resampled to it).
     sampling_rate: int | None = None
     # Text normalisation before WER/CER: none | lower | basic (lowercase, no punctuation).
     normalize: str = "basic"
@@ -277,7 +279,7 @@ class AsrTask(Task):
 
         fe = ctx.state["feature_extractor"]
         if fe is None:  # from scratch: a feature extractor for the data's sample rate
-            rate = o.sampling_rate or _first_rate(first, audio_col)
+            rate = o.sampling_rate or scratch_rate(ctx.state["model_type"], _first_rate(first, audio_col))
             fe = build_feature_extractor(ctx.state["model_type"], rate)
             ctx.state["feature_extractor"] = fe
         elif o.sampling_rate and o.sampling_rate != fe.sampling_rate:
@@ -660,13 +662,27 @@ def _mask_kwargs(fe: Any) -> dict:
     return {"return_attention_mask": bool(getattr(fe, "return_attention_mask", False))}
 
 
+def scratch_rate(model_type: str, data_rate: int) -> int:
+    """The feature extractor's rate for a model trained from scratch on audio at ``data_rate``.
+
+    The log-mel frames of ``wav2vec2-bert`` are fixed in samples (25 ms every 10 ms at 16 kHz, two
+    stacked per model step), so audio below 16 kHz is resampled up to 16 kHz: at 8 kHz a model step
+    would last 40 ms, and a short word such as "three" would get too few steps for CTC to spell it
+    with its blanks (FSDD, unseen speaker: 34 % WER with 40 ms steps; BENCHMARKS.md). Stacking one
+    frame instead is no way out: transformers' SeamlessM4TFeatureExtractor returns an empty
+    attention mask for stride=1, which breaks ``pipeline()`` on the saved model. An explicit
+    ``options.sampling_rate`` is used as given.
+    """
+    return max(data_rate, 16000) if model_type == "wav2vec2-bert" else data_rate
+
+
 def build_feature_extractor(model_type: str, sampling_rate: int) -> Any:
     """A feature extractor for a model trained from scratch at ``sampling_rate``."""
     if model_type == "wav2vec2-bert":
         from transformers import SeamlessM4TFeatureExtractor
 
-        # 80 log-mel filterbanks every 160 samples (20 ms at 8 kHz, 10 ms at 16 kHz), normalised per
-        # utterance and mel bin, two frames stacked per model step.
+        # 80 log-mel filterbanks every 160 samples (10 ms at 16 kHz), normalised per utterance and
+        # mel bin, two frames stacked per model step (see scratch_rate for lower rates).
         return SeamlessM4TFeatureExtractor(sampling_rate=sampling_rate, num_mel_bins=80, stride=2)
     from transformers import Wav2Vec2FeatureExtractor
 
