@@ -191,8 +191,9 @@ def main() -> int:
         "## Speech recognition from scratch: FSDD, unseen speaker (issue 8)",
         "",
         f"Free Spoken Digit Dataset (real 8 kHz recordings, {len(rows)} clips, 5 speakers). A from-scratch "
-        f"CTC model (`ctc-small`: 4 Wav2Vec2-BERT conformer layers, hidden 144, 80 log-mel filterbanks every "
-        f"20 ms; character vocabulary built from the transcriptions) trains on four speakers (10% of their "
+        f"CTC model (`ctc-small`: 4 Wav2Vec2-BERT conformer layers, hidden 144; clips resampled to 16 kHz, 80 "
+        f"log-mel filterbanks every 10 ms, two stacked per 20 ms model step; character vocabulary built from the "
+        f"transcriptions) trains on four speakers (10% of their "
         f"clips held out for picking the best epoch) and is scored once on speaker `{ns.test_speaker}`, whom it "
         f"never heard. Greedy CTC decoding; WER/CER corpus-level after `basic` normalisation. Nothing was "
         f"tuned on the held-out speaker.",
