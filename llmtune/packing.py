@@ -64,7 +64,8 @@ class PaddingFreeCollator:
     """Packs a batch of ``{"input_ids"[, "labels"]}`` examples without padding between them.
 
     ``labels`` default to the inputs (causal LM). ``pad_id`` fills the short rows of the ``rows``
-    layout, whose rows are as wide as the longest example unless ``row_length`` is wider. Passes ``use_cache=False``: with a KV cache transformers ignores restarting positions.
+    layout, whose rows are as wide as the longest example unless ``row_length`` is wider. Passes
+    ``use_cache=False``: with a KV cache transformers ignores restarting positions.
     """
 
     def __init__(self, pad_id: int, row_length: int | None = None, layout: str = "rows"):

@@ -71,6 +71,20 @@ def test_normalisation_modes():
     assert normalize_text(text, "basic") == "don't stop go left"
 
 
+def test_scratch_log_mel_models_run_at_16_khz_or_more():
+    from llmtune.tasks.asr import build_feature_extractor, scratch_rate
+
+    # 160-sample frames: 10 ms at 16 kHz, two per 20 ms model step; 8 kHz audio is resampled up
+    assert scratch_rate("wav2vec2-bert", 8000) == 16000
+    assert scratch_rate("wav2vec2-bert", 22050) == 22050
+    assert scratch_rate("wav2vec2", 8000) == 8000  # raw-waveform conv encoders take any rate
+    fe = build_feature_extractor("wav2vec2-bert", scratch_rate("wav2vec2-bert", 8000))
+    feats = fe([np.zeros(16000, dtype=np.float32)], sampling_rate=16000, return_attention_mask=True)
+    # one second: 98 frames of 10 ms, stacked in pairs = 49 steps, and a mask of the same length
+    assert np.asarray(feats["input_features"]).shape == (1, 49, 160)
+    assert np.asarray(feats["attention_mask"]).shape == (1, 49)
+
+
 # ---- audio decoding ---------------------------------------------------------------------------
 
 
