@@ -336,6 +336,60 @@ def tokenizer_max_length(tokenizer: Any) -> int:
     return int(limit) if limit < 10**8 else 10**9
 
 
+def max_positions(config: Any) -> int | None:
+    """The positions a model takes (``max_position_embeddings`` and its aliases), None if unknown."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+                return value - 2  # positions start after the padding index
+            return value
+    return None
+
+
+def run_model_config(ctx: Any) -> Any:
+    """The run's model architecture without loading weights: the loaded model's, the one a task
+    already resolved, ``model.config`` (from scratch), or the checkpoint's config.json; None when
+    it cannot be read here (an adapters-only folder, say)."""
+    if getattr(ctx, "model", None) is not None:
+        return ctx.model.config
+    if ctx.state.get("model_config") is not None:
+        return ctx.state["model_config"]
+    m = ctx.cfg.model
+    try:
+        if m.config and not m.name_or_path:
+            return model_architecture(m)
+        if ctx.model_path or m.name_or_path:
+            return load_config(ctx.model_path or m.name_or_path, m)
+    except Exception:  # the model step reports a bad config in its own words
+        return None
+    return None
+
+
+def sequence_limit(ctx: Any) -> int:
+    """The longest sequence a decoder task (sft, dpo) encodes: ``data.max_length`` up to the model's
+    positions, with a note when it is cut.
+
+    The tokenizer's ``model_max_length`` applies only when the model's positions are unknown: an
+    explicit ``data.max_length`` above it is honoured, as ``tokenizer(..., max_length=N)`` itself
+    does, and as ``--block-size`` is for pretraining (llmtune's built-in tokenizers say 512 while
+    the ``llama-tiny`` preset takes 1024).
+    """
+    from llmtune.console import echo
+
+    requested = int(ctx.cfg.data.max_length)
+    config = run_model_config(ctx)
+    positions = max_positions(config) if config is not None else None
+    limit = positions if positions is not None else tokenizer_max_length(ctx.tokenizer)
+    if requested <= limit:
+        return requested
+    if not ctx.state.get("sequence_limit_noted"):
+        ctx.state["sequence_limit_noted"] = True
+        where = "the model's positions" if positions is not None else "the tokenizer's model_max_length"
+        echo(f"llmtune: data.max_length={requested} is above {where} ({limit}): sequences are cut at {limit}")
+    return limit
+
+
 def model_architecture(m: Any) -> Any:
     """The ``PretrainedConfig`` for a randomly initialised model (``model.config``).
 

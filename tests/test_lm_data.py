@@ -227,7 +227,8 @@ def test_perplexity_is_token_weighted_not_batch_mean():
 def test_special_frame_and_max_positions(wordpiece, bpe):
     from transformers import GPT2Config, RobertaConfig
 
-    from llmtune.tasks.lm import max_positions, special_frame
+    from llmtune.modeling import max_positions
+    from llmtune.tasks.lm import special_frame
 
     assert special_frame(wordpiece) == ([wordpiece.cls_token_id], [wordpiece.sep_token_id])
     assert special_frame(bpe) == ([], [])

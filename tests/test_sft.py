@@ -287,3 +287,40 @@ def test_sft_lora_adapters_only_eval(tiny_llama_dir, sft_data, tmp_path, cli):
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "ev" / "metrics.json").read_text())["eval"]
     assert again["eval_loss"] == pytest.approx(metrics["eval"]["eval_loss"], rel=1e-4)
+
+
+def test_max_length_is_honoured_above_the_tokenizer_limit_up_to_the_model_positions(capsys):
+    """data.max_length past the tokenizer's model_max_length is kept (as tokenizer(max_length=N) keeps
+    it); past the model's positions it is cut, with one note; the tokenizer's limit applies only
+    when the model's positions are unknown."""
+    from types import SimpleNamespace
+
+    from llmtune.modeling import sequence_limit
+
+    tok = SimpleNamespace(model_max_length=512)
+    _, ctx = sft_context(
+        {
+            "model": {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"},
+            "data": {"max_length": 1000},
+        }
+    )
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 1000  # llama-tiny takes 1024 positions
+    assert "cut" not in capsys.readouterr().out
+
+    _, ctx = sft_context(
+        {
+            "model": {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"},
+            "data": {"max_length": 4096},
+        }
+    )
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 1024
+    assert sequence_limit(ctx) == 1024
+    out = capsys.readouterr().out
+    assert out.count("data.max_length=4096 is above the model's positions (1024)") == 1
+
+    _, ctx = sft_context({"model": {"name_or_path": "/nonexistent/model"}, "data": {"max_length": 1000}})
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 512  # no readable config: the tokenizer's limit
+    assert "tokenizer's model_max_length (512)" in capsys.readouterr().out

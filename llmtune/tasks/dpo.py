@@ -190,12 +190,12 @@ class DPOTask(Task):
 
     def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
         from llmtune.console import echo
-        from llmtune.modeling import tokenizer_max_length
+        from llmtune.modeling import sequence_limit
 
         cfg, tokenizer, o = ctx.cfg, ctx.tokenizer, ctx.cfg.options
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = self._layout(ctx, first)
-        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
+        max_length = sequence_limit(ctx)
         max_prompt = o.max_prompt_length or max_length // 2
 
         def encode(batch: dict, indices: list[int]) -> dict:

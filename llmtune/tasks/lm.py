@@ -31,6 +31,7 @@ from typing import Any
 
 from llmtune.config import bounded
 from llmtune.errors import LlmtuneError
+from llmtune.modeling import max_positions
 from llmtune.tasks.base import RunContext, Task, require_content
 
 TEXT_COLUMNS = ("text", "content", "document", "sentence", "article")
@@ -513,16 +514,6 @@ def _map(ds: Any, fn: Any, **kwargs: Any) -> Any:
     if is_streaming(ds):
         return ds.map(fn, **kwargs)
     return ds.map(fn, desc=desc, num_proc=num_proc, **kwargs)
-
-
-def max_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-                return value - 2  # positions start after the padding index
-            return value
-    return None
 
 
 def special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -201,9 +201,9 @@ class SFTTask(Task):
         cfg, tokenizer = ctx.cfg, ctx.tokenizer
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = self._layout(ctx, first)
-        from llmtune.modeling import tokenizer_max_length
+        from llmtune.modeling import sequence_limit
 
-        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
+        max_length = sequence_limit(ctx)
 
         def encode(batch: dict) -> dict:
             out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
@@ -282,11 +282,11 @@ class SFTTask(Task):
 
     # ---- evaluation ---------------------------------------------------------------------------
     def training_args(self, ctx: RunContext) -> dict:
-        from llmtune.modeling import tokenizer_max_length
+        from llmtune.modeling import sequence_limit
         from llmtune.tasks.lm import lm_eval_batch_args
 
         # Packed or padded, an eval batch holds at most batch x max_length tokens.
-        return lm_eval_batch_args(ctx, min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer)))
+        return lm_eval_batch_args(ctx, sequence_limit(ctx))
 
     def eval_step(self, ctx: RunContext) -> Any:
         from llmtune.tasks.lm import lm_eval_step
