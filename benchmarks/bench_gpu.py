@@ -4,6 +4,7 @@ option on and off, and a plain ``transformers.Trainer`` script as the baseline, 
     python benchmarks/bench_gpu.py --quick          # <= 5 minutes on one H100/H200-class GPU
     python benchmarks/bench_gpu.py                  # more measured steps per variant
     python benchmarks/bench_gpu.py --smoke          # CPU: tiny model, 3 steps (the test suite runs this)
+    python benchmarks/bench_gpu.py --record DIR/results.md   # a run made elsewhere -> BENCHMARKS.md
 
 Model: a Llama-style decoder from random init (~1B parameters: hidden 2048, 16 layers, 32 heads,
 8 KV heads, MLP 8192, vocabulary 32000, tied embeddings), bf16 mixed precision, sequence length
@@ -436,10 +437,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json / results.md (default: a temp dir)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    ap.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="put a results.md made on another machine (benchmarks/gpu_check.sh) into BENCHMARKS.md, and stop",
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.record:
+        from _lmbench import update_benchmarks_md
+
+        body = args.record.read_text(encoding="utf-8")
+        if not body.startswith("## GPU training throughput"):
+            print(f"{args.record} is not a bench_gpu.py results.md", file=sys.stderr)
+            return 2
+        print(f"written to {update_benchmarks_md('bench_gpu', body)}")
+        return 0
     if args.child:  # one variant, in this (fresh) process
         result = run_variant(json.loads(args.child.read_text()))
         args.child_result.write_text(json.dumps(result))

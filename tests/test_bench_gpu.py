@@ -47,3 +47,41 @@ def test_bench_gpu_smoke_runs_every_cpu_variant(tmp_path):
     assert max(losses) - min(losses) < 1e-3
     assert any(s.startswith("FlashAttention-2: no CUDA GPU") for s in data["skipped"])
     assert "| plain Trainer |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="the GPU run is the real benchmark")
+def test_gpu_check_script_reports_versions_and_exits_non_zero_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh (the one prepared GPU command) runs llmtune from the tree, writes its
+    version report, and fails clearly on a machine without CUDA instead of passing silently."""
+    import subprocess
+    import sys
+
+    script = BENCH.parent / "gpu_check.sh"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    env["WHEELS"] = str(tmp_path / "no-wheels")  # not a developer's local .whl
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    assert "bench_gpu exit 2, check_accelerate_gpu exit 2" in proc.stdout
+    versions = (tmp_path / "out" / "versions.txt").read_text()
+    llmtune_line = next(line for line in versions.splitlines() if line.startswith("llmtune "))
+    assert str(BENCH.parent.parent / "llmtune") in llmtune_line  # this tree's llmtune, not an installed one
+    assert "cuda False" in versions
+    assert "no CUDA GPU here" in (tmp_path / "out" / "bench_gpu.log").read_text()
+
+
+def test_record_takes_only_a_bench_gpu_results_file(tmp_path, monkeypatch):
+    bench = _load()
+    import _lmbench  # on sys.path once bench_gpu.py is loaded
+
+    written = {}
+    monkeypatch.setattr(_lmbench, "update_benchmarks_md", lambda section, body: written.update({section: body}))
+    other = tmp_path / "other.md"
+    other.write_text("# something else\n")
+    assert bench.main(["--record", str(other)]) == 2 and not written
+    results = tmp_path / "results.md"
+    results.write_text("## GPU training throughput (bench_gpu.py, issue 12)\n\n| variant |\n")
+    assert bench.main(["--record", str(results)]) == 0
+    assert written == {"bench_gpu": results.read_text()}
