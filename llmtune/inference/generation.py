@@ -146,8 +146,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def max_prompt_tokens(model: Any, tokenizer: Any, max_new_tokens: int) -> int | None:
     """Room left for the prompt: the model's positions (or the tokenizer's limit) minus the answer."""
-    from llmtune.modeling import tokenizer_max_length
-    from llmtune.modeling import max_positions
+    from llmtune.modeling import max_positions, tokenizer_max_length
 
     limits = [n for n in (max_positions(model.config), tokenizer_max_length(tokenizer)) if n and n < 10**9]
     return max(1, min(limits) - max_new_tokens) if limits else None
