@@ -138,7 +138,11 @@ def main() -> int:
     sft_data.mkdir()
     write_jsonl(sft_data / "train.jsonl", chats[: args.sft_train])
     write_jsonl(sft_data / "validation.jsonl", chats[args.sft_train : args.sft_train + args.sft_eval])
-    sft_tokens, sft_rows = useful_tokens_sft(sft_data, args.sft_max_length)
+    from llmtune.presets import get_preset
+
+    # llmtune cuts sft examples at data.max_length, up to the model's positions
+    sft_limit = min(args.sft_max_length, get_preset("llama-tiny")["max_position_embeddings"])
+    sft_tokens, sft_rows = useful_tokens_sft(sft_data, sft_limit)
     sft_args = [
         "finetune", "--task", "sft", "--set", "model.name_or_path=null", "--set", "model.config=llama-tiny", "--set", "model.tokenizer=builtin:tiny_chat_llama",
         "--dataset", str(sft_data), "--lr", "1e-3", "--set", f"data.max_length={args.sft_max_length}",
@@ -232,7 +236,7 @@ def main() -> int:
         "",
         f"- sft: `llama-tiny` preset (random init, 4 layers, hidden 256) with the `tiny_chat_llama` tokenizer on "
         f"{sft_rows} SAMSum dialogues as chat (one message per line, alternating user/assistant; assistant lines "
-        f"are the targets), max_length {args.sft_max_length}; held out: the next {args.sft_eval} dialogues.",
+        f"are the targets), max_length {sft_limit}; held out: the next {args.sft_eval} dialogues.",
         f"- clm: the same architecture from scratch on {args.clm_docs} WikiText-2 paragraphs (one document per "
         f"line), BPE 8000 trained by `llmtune tokenizer train`, block {args.block}; held out: the last {args.clm_eval} paragraphs.",
         "",

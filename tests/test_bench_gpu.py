@@ -85,3 +85,18 @@ def test_record_takes_only_a_bench_gpu_results_file(tmp_path, monkeypatch):
     results.write_text("## GPU training throughput (bench_gpu.py, issue 12)\n\n| variant |\n")
     assert bench.main(["--record", str(results)]) == 0
     assert written == {"bench_gpu": results.read_text()}
+
+
+@pytest.mark.slow
+def test_a_variant_runs_in_its_own_process(tmp_path):
+    """On a GPU every variant runs through run_child (a fresh process): the same path, tiny."""
+    bench = _load()
+    spec = {"name": "padded instead of packed", "kind": "llmtune", "smoke": True, "warmup": 1, "measure": 2}
+    spec["options"] = {"attn": "sdpa", "packing": False, "liger": False, "compile": False, "grad_ckpt": False}
+    spec["out"] = str(tmp_path)
+    result = bench.run_child(spec, timeout=240)
+    assert "error" not in result, result
+    assert result["name"] == "padded instead of packed" and result["steps_measured"] == 2
+    assert result["tokens_per_s"] > 0 and result["useful_tokens_measured"] > 0
+    failed = bench.run_child({**spec, "name": "broken", "kind": "llmtune", "options": {}}, timeout=240)
+    assert failed["name"] == "broken" and failed["error"].startswith("exit 1")  # recorded, not fatal
