@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from llmtune.errors import LlmtuneError, one_line
@@ -337,46 +338,64 @@ def tokenizer_max_length(tokenizer: Any) -> int:
 
 
 def max_positions(config: Any) -> int | None:
-    """The positions a model takes (``max_position_embeddings`` and its aliases), None if unknown."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-                return value - 2  # positions start after the padding index
-            return value
+    """The positions a model takes (``max_position_embeddings`` and its aliases), None if unknown.
+
+    Composite configs (a vision-language model, say) keep them on their text config."""
+    candidates = [config]
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    if text is not config:
+        candidates.insert(0, text)
+    for cfg in candidates:
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+                    return value - 2  # positions start after the padding index
+                return value
     return None
 
 
 def run_model_config(ctx: Any) -> Any:
     """The run's model architecture without loading weights: the loaded model's, the one a task
-    already resolved, ``model.config`` (from scratch), or the checkpoint's config.json; None when
-    it cannot be read here (an adapters-only folder, say)."""
+    already resolved, ``model.config`` (from scratch), or the checkpoint's config.json (an
+    adapters-only folder's base model's), with ``model.config_overrides`` when training, as
+    :func:`load_model` applies them; None when it cannot be read here."""
     if getattr(ctx, "model", None) is not None:
         return ctx.model.config
     if ctx.state.get("model_config") is not None:
         return ctx.state["model_config"]
     m = ctx.cfg.model
+    spec = ctx.model_path or m.name_or_path
     try:
         if m.config and not m.name_or_path:
             return model_architecture(m)
-        if ctx.model_path or m.name_or_path:
-            return load_config(ctx.model_path or m.name_or_path, m)
-    except Exception:  # the model step reports a bad config in its own words
+        if not spec:
+            return None
+        from llmtune import adapters
+
+        location = resolve_location(spec)
+        if adapters.is_adapter_folder(location):
+            base = adapters.base_model_args(Path(location))
+            options = SimpleNamespace(**{k: base.get(k) for k in ("revision", "gguf_file", "trust_remote_code")})
+            config = load_config(base["name_or_path"], options)
+        else:
+            config = load_config(spec, m)
+        if ctx.training and m.config_overrides:
+            apply_config_overrides(config, m.config_overrides)
+        return config
+    except Exception:  # the model step reports a bad model or config in its own words
         return None
-    return None
 
 
 def sequence_limit(ctx: Any) -> int:
     """The longest sequence a decoder task (sft, dpo) encodes: ``data.max_length`` up to the model's
-    positions, with a note when it is cut.
+    positions, with one warning when it is cut.
 
     The tokenizer's ``model_max_length`` applies only when the model's positions are unknown: an
     explicit ``data.max_length`` above it is honoured, as ``tokenizer(..., max_length=N)`` itself
     does, and as ``--block-size`` is for pretraining (llmtune's built-in tokenizers say 512 while
     the ``llama-tiny`` preset takes 1024).
     """
-    from llmtune.console import echo
-
     requested = int(ctx.cfg.data.max_length)
     config = run_model_config(ctx)
     positions = max_positions(config) if config is not None else None
@@ -386,7 +405,9 @@ def sequence_limit(ctx: Any) -> int:
     if not ctx.state.get("sequence_limit_noted"):
         ctx.state["sequence_limit_noted"] = True
         where = "the model's positions" if positions is not None else "the tokenizer's model_max_length"
-        echo(f"llmtune: data.max_length={requested} is above {where} ({limit}): sequences are cut at {limit}")
+        ctx.warnings.append(
+            f"data.max_length={requested} is above {where} ({limit}): sequences are cut at {limit} tokens"
+        )
     return limit
 
 

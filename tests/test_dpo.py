@@ -419,3 +419,32 @@ def test_dpo_with_lora_uses_the_base_with_adapters_disabled_as_reference(tiny_ll
     again = evaluate(cli, out, hh_data / "validation.jsonl", tmp_path / "ev")  # base model as reference
     for key in ("eval_loss", "eval_reward_accuracy", "eval_reward_margin"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-5), key
+
+
+def test_pairs_fit_the_model_positions_when_max_length_is_cut(tiny_llama_dir, tmp_path):
+    """data.max_length and max_prompt_length above the model's 256 positions: every pair is cut to
+    256 tokens with a non-empty answer (max_prompt_length never takes the whole sequence)."""
+    from llmtune.config import build_config
+    from llmtune.tasks import get_task
+    from llmtune.tasks.base import RunContext
+
+    prompt = " ".join(f"p{i}" for i in range(300))
+    rows = [{"prompt": f"{prompt} {i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(3)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    cfg = build_config(
+        {
+            "task": "dpo",
+            "model": {"name_or_path": str(tiny_llama_dir)},
+            "data": {"dataset": str(data), "validation_split": 0, "max_length": 1024},
+            "options": {"max_prompt_length": 600},
+        }
+    )
+    task = get_task("dpo")
+    ctx = RunContext(cfg=cfg, model_path=str(tiny_llama_dir))
+    ctx.tokenizer = task.load_tokenizer(ctx)
+    out = task.prepare(ctx, task.load_data(ctx))["train"]
+    assert len(out) == 3
+    for row in out:
+        for answer in ("chosen_ids", "rejected_ids"):
+            assert len(row[answer]) >= 1 and len(row["prompt_ids"]) + len(row[answer]) <= 256
+    assert any("above the model's positions (256)" in w for w in ctx.warnings)

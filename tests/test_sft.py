@@ -289,38 +289,73 @@ def test_sft_lora_adapters_only_eval(tiny_llama_dir, sft_data, tmp_path, cli):
     assert again["eval_loss"] == pytest.approx(metrics["eval"]["eval_loss"], rel=1e-4)
 
 
-def test_max_length_is_honoured_above_the_tokenizer_limit_up_to_the_model_positions(capsys):
+def test_max_length_is_honoured_above_the_tokenizer_limit_up_to_the_model_positions(tiny_llama_dir, tmp_path):
     """data.max_length past the tokenizer's model_max_length is kept (as tokenizer(max_length=N) keeps
-    it); past the model's positions it is cut, with one note; the tokenizer's limit applies only
+    it); past the model's positions it is cut, with one warning; the tokenizer's limit applies only
     when the model's positions are unknown."""
     from types import SimpleNamespace
 
     from llmtune.modeling import sequence_limit
 
     tok = SimpleNamespace(model_max_length=512)
-    _, ctx = sft_context(
-        {
-            "model": {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"},
-            "data": {"max_length": 1000},
-        }
-    )
+    scratch = {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"}
+    _, ctx = sft_context({"model": scratch, "data": {"max_length": 1000}})
     ctx.tokenizer = tok
-    assert sequence_limit(ctx) == 1000  # llama-tiny takes 1024 positions
-    assert "cut" not in capsys.readouterr().out
+    assert sequence_limit(ctx) == 1000 and ctx.warnings == []  # llama-tiny takes 1024 positions
 
-    _, ctx = sft_context(
-        {
-            "model": {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"},
-            "data": {"max_length": 4096},
-        }
-    )
+    _, ctx = sft_context({"model": scratch, "data": {"max_length": 4096}})
     ctx.tokenizer = tok
-    assert sequence_limit(ctx) == 1024
-    assert sequence_limit(ctx) == 1024
-    out = capsys.readouterr().out
-    assert out.count("data.max_length=4096 is above the model's positions (1024)") == 1
+    assert sequence_limit(ctx) == 1024 and sequence_limit(ctx) == 1024
+    assert ctx.warnings == [
+        "data.max_length=4096 is above the model's positions (1024): sequences are cut at 1024 tokens"
+    ]
+
+    # a checkpoint (256 positions), its config_overrides when training, and adapters trained on it
+    _, ctx = sft_context({"model": {"name_or_path": str(tiny_llama_dir)}, "data": {"max_length": 300}})
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 256
+    overrides = {"name_or_path": str(tiny_llama_dir), "config_overrides": {"max_position_embeddings": 512}}
+    _, ctx = sft_context({"model": overrides, "data": {"max_length": 300}})
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 300
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_llama_dir)}))
+    _, ctx = sft_context({"model": {"name_or_path": str(adapters)}, "data": {"max_length": 300}})
+    ctx.tokenizer = tok
+    assert sequence_limit(ctx) == 256
 
     _, ctx = sft_context({"model": {"name_or_path": "/nonexistent/model"}, "data": {"max_length": 1000}})
     ctx.tokenizer = tok
     assert sequence_limit(ctx) == 512  # no readable config: the tokenizer's limit
-    assert "tokenizer's model_max_length (512)" in capsys.readouterr().out
+    assert "tokenizer's model_max_length (512)" in ctx.warnings[0]
+
+
+def test_max_positions_reads_a_composite_config_s_text_config():
+    from transformers import Gemma3Config
+
+    from llmtune.modeling import max_positions
+
+    config = Gemma3Config()
+    assert getattr(config, "max_position_embeddings", None) is None  # only the text config has them
+    assert max_positions(config) == config.get_text_config().max_position_embeddings
+
+
+def test_sft_keeps_conversations_longer_than_the_tokenizer_limit(tmp_path):
+    """The built-in chat tokenizer says 512, llama-tiny takes 1024: data.max_length=1024 keeps a
+    conversation of over 512 tokens whole (it used to be cut at 512, silently)."""
+    long_answer = " ".join(f"word{i}" for i in range(200))
+    rows = [{"prompt": f"repeat {i}", "response": long_answer} for i in range(4)]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    scratch = {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"}
+    task, ctx = sft_context({"model": scratch, "data": {"dataset": str(data), "max_length": 1024}})
+    ctx.tokenizer = task.load_tokenizer(ctx)
+    assert ctx.tokenizer.model_max_length == 512
+    from llmtune.tasks.sft import encode_conversation
+
+    messages = [{"role": "user", "content": "repeat 0"}, {"role": "assistant", "content": long_answer}]
+    full = len(encode_conversation(ctx.tokenizer, messages, 10**6)[0])
+    assert 512 < full <= 1024
+    out = task.prepare(ctx, task.load_data(ctx))
+    assert max(out["train"]["length"]) == full  # whole, not cut at the tokenizer's 512
+    assert ctx.warnings == []

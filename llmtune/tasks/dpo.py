@@ -196,7 +196,8 @@ class DPOTask(Task):
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = self._layout(ctx, first)
         max_length = sequence_limit(ctx)
-        max_prompt = o.max_prompt_length or max_length // 2
+        # never the whole sequence: max_length may have been cut to the model's positions
+        max_prompt = min(o.max_prompt_length or max_length // 2, max_length - 1)
 
         def encode(batch: dict, indices: list[int]) -> dict:
             out: dict[str, list] = {k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "length", "row")}

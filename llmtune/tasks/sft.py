@@ -230,9 +230,14 @@ class SFTTask(Task):
                 desc="dropping empty",
             )
             if not cfg.data.streaming and len(out[split]) == 0:
+                fix = (
+                    "raise data.max_length or shorten the prompts"
+                    if max_length == cfg.data.max_length
+                    else "shorten the prompts (the model takes no more positions)"
+                )
                 raise LlmtuneError(
-                    f"split '{split}' has no example with answer tokens within data.max_length={max_length}: "
-                    f"raise data.max_length or shorten the prompts"
+                    f"split '{split}' has no example with answer tokens within {max_length} tokens "
+                    f"(data.max_length={cfg.data.max_length}): {fix}"
                 )
         return out
 
