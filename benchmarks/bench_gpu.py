@@ -436,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU: tiny model, 3 steps per variant, in-process")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json / results.md (default: a temp dir)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for all variants: one starts only while time is left, and may use only what is left",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     ap.add_argument(
         "--record",
@@ -473,19 +479,31 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     peak = peak_tflops(info.get("gpu"), args.peak_tflops)
     specs, skipped = variants(args.smoke, cuda)
-    results = []
+    spec_of = {s["name"]: s["options"] for s in specs}
+    # The plain Trainer baseline runs right after the reference, so a run cut short by --budget
+    # still compares them.
+    specs.sort(key=lambda spec: {"reference": 0, "plain Trainer": 1}.get(spec["name"], 2))
+    deadline = time.monotonic() + args.budget if args.budget else None
+    results: list[dict] = []
+    body = ""
     for spec in specs:
         spec.update(smoke=args.smoke, warmup=args.warmup, measure=args.measure, out=str(out))
-        print(f"== {spec['name']}: {describe(spec['options'])}", flush=True)
-        result = run_variant(spec) if args.smoke else run_child(spec, timeout=240 if args.quick else 900)
+        left = deadline - time.monotonic() if deadline else None
+        if left is not None and left < 30:
+            result = {"name": spec["name"], "error": f"not run: --budget {args.budget:.0f} s used up"}
+        else:
+            print(f"== {spec['name']}: {describe(spec['options'])}", flush=True)
+            limit = 240 if args.quick else 900
+            limit = min(limit, left) if left is not None else limit
+            result = run_variant(spec) if args.smoke else run_child(spec, timeout=limit)
         print(json.dumps(result), flush=True)
         results.append(result)
-    spec_of = {s["name"]: s["options"] for s in specs}
-    body = report(results, skipped, info, peak, args, spec_of)
-    (out / "results.json").write_text(
-        json.dumps({"machine": info, "peak_bf16_tflops": peak, "skipped": skipped, "results": results}, indent=1)
-    )
-    (out / "results.md").write_text(body + "\n")
+        # written after every variant: a run stopped from outside keeps what it measured
+        body = report(results, skipped, info, peak, args, spec_of)
+        (out / "results.json").write_text(
+            json.dumps({"machine": info, "peak_bf16_tflops": peak, "skipped": skipped, "results": results}, indent=1)
+        )
+        (out / "results.md").write_text(body + "\n")
     print(body)
     if not args.no_write and not args.smoke:
         from _lmbench import update_benchmarks_md

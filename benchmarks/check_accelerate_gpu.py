@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--configs", nargs="*", default=None, help="config names (default: every shipped one)")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds each config may take")
     args = ap.parse_args()
 
     import torch
@@ -50,12 +52,24 @@ def main() -> int:
         started = time.perf_counter()
         log = work / f"{name}.log"
         with open(log, "w") as fh:
-            code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            # its own process group, so a timeout ends the launcher's workers too
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            try:
+                code = proc.wait(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                code = f"timed out after {args.timeout:.0f} s"
         secs = time.perf_counter() - started
         ok = code == 0 and (work / name / "metrics.json").is_file()
         failed += not ok
-        last = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or [""]
-        rows.append(f"| {name} | {'ok' if ok else f'FAILED (exit {code}): {last[0][:160]}'} | {secs:.0f} |")
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1:] or [""]
+        why = f"exit {code}" if isinstance(code, int) else code
+        rows.append(f"| {name} | {'ok' if ok else f'FAILED ({why}): {last[0][:160]}'} | {secs:.0f} |")
+        print(f"== {name}: {'ok' if ok else 'FAILED'} in {secs:.0f} s", flush=True)
+        if not ok:  # the log stays on the machine: print its end here
+            print("\n".join(lines[-25:]), flush=True)
     print(f"accelerate configs on {gpus} x {torch.cuda.get_device_name(0)}, {args.steps} steps of clm-smoke:\n")
     print("| config | result | seconds |\n|---|---|---|\n" + "\n".join(rows))
     print(f"\nlogs in {work}")

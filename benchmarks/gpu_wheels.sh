@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pyver=3.12
 if [ "${1:-}" = "--python" ]; then
+    [ $# -ge 2 ] || { echo "gpu_wheels: --python needs a version, e.g. --python 3.12" >&2; exit 2; }
     pyver=$2
     shift 2
 fi

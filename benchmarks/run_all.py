@@ -1,4 +1,6 @@
-"""Run every benchmark in turn (what `make bench` does); each rewrites its own BENCHMARKS.md section."""
+"""Run every CPU benchmark in turn (what `make bench` does); each rewrites its own BENCHMARKS.md section.
+
+bench_gpu.py and check_accelerate_gpu.py need a CUDA GPU: benchmarks/gpu_check.sh runs them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ SCRIPTS = [
     "bench_dpo.py",
     "bench_inference.py",
     "bench_sft_samsum.py",
+    "bench_cache.py",
+    "bench_packing.py",
+    "bench_asr.py",
 ]
 
 

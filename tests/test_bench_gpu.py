@@ -38,7 +38,7 @@ def test_bench_gpu_smoke_runs_every_cpu_variant(tmp_path):
     assert bench.main(["--smoke", "--no-write", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = [r["name"] for r in data["results"]]
-    assert names == ["reference", "padded instead of packed", "+grad-ckpt", "plain Trainer"]
+    assert names == ["reference", "plain Trainer", "padded instead of packed", "+grad-ckpt"]
     for r in data["results"]:
         assert "error" not in r and r["tokens_per_s"] > 0 and r["useful_tokens_measured"] > 0
     # every variant trains the same documents in the same order: packed, padded, checkpointed and
@@ -60,6 +60,12 @@ def test_gpu_check_script_reports_versions_and_exits_non_zero_without_a_gpu(tmp_
     script = BENCH.parent / "gpu_check.sh"
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
     env["WHEELS"] = str(tmp_path / "no-wheels")  # not a developer's local .whl
+    shadow = tmp_path / "shadow" / "llmtune"  # an llmtune found before the tree would be the wrong one
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("__version__ = 'shadow'\n")
+    env["PYTHONPATH"] = str(shadow.parent)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.md").write_text("an earlier run's figures\n")
     proc = subprocess.run(
         ["bash", str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300
     )
@@ -70,6 +76,15 @@ def test_gpu_check_script_reports_versions_and_exits_non_zero_without_a_gpu(tmp_
     assert str(BENCH.parent.parent / "llmtune") in llmtune_line  # this tree's llmtune, not an installed one
     assert "cuda False" in versions
     assert "no CUDA GPU here" in (tmp_path / "out" / "bench_gpu.log").read_text()
+    assert not (tmp_path / "out" / "results.md").exists()  # nothing stale left to --record
+
+
+def test_budget_used_up_records_variants_as_not_run(tmp_path):
+    bench = _load()
+    assert bench.main(["--smoke", "--no-write", "--budget", "5", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["error"] for r in data["results"]] == ["not run: --budget 5 s used up"] * len(data["results"])
+    assert "failed: not run" in (tmp_path / "results.md").read_text()
 
 
 def test_record_takes_only_a_bench_gpu_results_file(tmp_path, monkeypatch):
