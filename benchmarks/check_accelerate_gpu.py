@@ -23,6 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM first: llmtune passes it to the launcher, which passes it to the workers (torch's
+    elastic agent starts them in sessions of their own, out of reach of a process-group kill).
+    Whatever is left after 20 s is killed."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
@@ -52,14 +64,12 @@ def main() -> int:
         started = time.perf_counter()
         log = work / f"{name}.log"
         with open(log, "w") as fh:
-            # its own process group, so a timeout ends the launcher's workers too
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             try:
                 code = proc.wait(timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
                 code = f"timed out after {args.timeout:.0f} s"
+                stop(proc)
         secs = time.perf_counter() - started
         ok = code == 0 and (work / name / "metrics.json").is_file()
         failed += not ok
