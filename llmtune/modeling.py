@@ -389,26 +389,27 @@ def run_model_config(ctx: Any) -> Any:
 
 def sequence_limit(ctx: Any) -> int:
     """The longest sequence a decoder task (sft, dpo) encodes: ``data.max_length`` up to the model's
-    positions, with one warning when it is cut.
+    positions, with one warning when it is cut. Resolved once per run (``ctx.state``), so the data
+    and the eval batch sizing use the same limit.
 
     The tokenizer's ``model_max_length`` applies only when the model's positions are unknown: an
     explicit ``data.max_length`` above it is honoured, as ``tokenizer(..., max_length=N)`` itself
     does, and as ``--block-size`` is for pretraining (llmtune's built-in tokenizers say 512 while
     the ``llama-tiny`` preset takes 1024).
     """
+    if "sequence_limit" in ctx.state:
+        return ctx.state["sequence_limit"]
     requested = int(ctx.cfg.data.max_length)
     config = run_model_config(ctx)
     positions = max_positions(config) if config is not None else None
     limit = positions if positions is not None else tokenizer_max_length(ctx.tokenizer)
-    if requested <= limit:
-        return requested
-    if not ctx.state.get("sequence_limit_noted"):
-        ctx.state["sequence_limit_noted"] = True
+    if requested > limit:
         where = "the model's positions" if positions is not None else "the tokenizer's model_max_length"
         ctx.warnings.append(
             f"data.max_length={requested} is above {where} ({limit}): sequences are cut at {limit} tokens"
         )
-    return limit
+    ctx.state["sequence_limit"] = min(requested, limit)
+    return ctx.state["sequence_limit"]
 
 
 def model_architecture(m: Any) -> Any:
