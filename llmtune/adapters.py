@@ -10,11 +10,13 @@ place that talks to peft:
 - :func:`save_adapted` writes the final model: the Trainer saves the adapters; with
   ``peft.merge`` (default) they move to ``adapter/`` and the merged model is saved at the top, so
   the folder loads with plain ``from_pretrained`` / ``pipeline``.
-- :func:`load_trained` loads a saved folder, merged or adapters-only (the base named in the run's
-  config or ``adapter_config.json``, the adapters on top). ``llmtune.modeling.load_model`` sends
-  adapter folders here, so ``eval``, ``predict`` and training from an adapter folder (the adapters
-  merged first) all work for every task.
-- :func:`merged_model` loads a folder and merges its adapters (``llmtune export --merge``).
+- :func:`load_trained` loads an adapters-only folder (the base named in the run's config or
+  ``adapter_config.json``, loaded by :func:`llmtune.modeling.load_pretrained`, the adapters on
+  top). :func:`llmtune.loading.load_model` sends adapter folders here, so ``eval``, ``predict``
+  and training from an adapter folder (the adapters merged first) all work for every task.
+
+The task a run trains is passed in by the runner (its peft task type and head modules); this
+module looks nothing up in the task registry.
 
 A folder is *adapters-only* when it holds ``adapter_config.json`` and no full weights. Next to the
 adapters llmtune writes :data:`MODEL_CONFIG_FILE`, the trained model's config (label names, head
@@ -33,8 +35,6 @@ from llmtune.errors import LlmtuneError
 
 if TYPE_CHECKING:  # pragma: no cover
     from llmtune.config import PeftArgs
-    from llmtune.tasks import Task
-    from llmtune.tasks.base import RunContext
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -99,7 +99,7 @@ def check_runtime(cfg: Any) -> None:
         raise LlmtuneError("peft.load_in_4bit (QLoRA) needs bitsandbytes: pip install 'llmtune[quant]'") from None
 
 
-def quantization_kwargs(ctx: RunContext) -> dict:
+def quantization_kwargs(ctx: Any) -> dict:
     """Extra ``from_pretrained`` arguments for the base model (QLoRA: 4-bit NF4 on this process's GPU)."""
     if not ctx.training or not enabled(ctx.cfg) or not ctx.cfg.peft.load_in_4bit:
         return {}
@@ -115,13 +115,6 @@ def quantization_kwargs(ctx: RunContext) -> dict:
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
     return {"quantization_config": config, "device_map": {"": distributed_state().local_process_index}}
-
-
-def quantization_error(ctx: RunContext, exc: Exception) -> LlmtuneError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return LlmtuneError(
-        f"bitsandbytes cannot quantise model '{ctx.model_path}' to 4 bits ({text}): drop peft.load_in_4bit"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +133,7 @@ def module_names(model: Any, limit: int = 12) -> list[str]:
     return list(names)[:limit]
 
 
-def head_modules(task: Task, model: Any) -> list[str]:
+def head_modules(task: Any, model: Any) -> list[str]:
     """The task's head modules that exist in this model (trained in full next to the adapters)."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     return [name for name in task.head_modules if name in present]
@@ -163,7 +156,7 @@ def new_modules(model: Any, new_weights: list[str]) -> list[str]:
     return list(found)
 
 
-def peft_config(cfg: PeftArgs, task: Task, model: Any, new_weights: list[str] | None = None) -> Any:
+def peft_config(cfg: PeftArgs, task: Any, model: Any, new_weights: list[str] | None = None) -> Any:
     peft = _import_peft()
     targets: Any = cfg.target_modules
     if targets is not None and [t.replace("_", "-") for t in targets] == ["all-linear"]:
@@ -202,18 +195,16 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def apply_adapters(ctx: RunContext, model: Any) -> Any:
+def apply_adapters(ctx: Any, model: Any, task: Any) -> Any:
     """Wrap ``model`` in the adapters ``ctx.cfg.peft`` asks for; returns the model to train.
 
-    With ``peft.method=none`` the model is returned unchanged. Either way the trainable and total
-    parameter counts go to ``ctx.state`` (``trainable_params``, ``total_params``).
+    ``task`` (a :class:`llmtune.tasks.base.Task`) gives the peft task type and the head modules
+    trained in full. With ``peft.method=none`` the model is returned unchanged. Either way the
+    trainable and total parameter counts go to ``ctx.state`` (``trainable_params``, ``total_params``).
     """
-    from llmtune.tasks import get_task
-
     cfg = ctx.cfg
     if enabled(cfg):
         peft = _import_peft()
-        task = get_task(cfg.task)
         config = peft_config(cfg.peft, task, model, ctx.state.get("new_weights"))
         if cfg.peft.load_in_4bit:
             model = peft.prepare_model_for_kbit_training(
@@ -255,7 +246,7 @@ def _shown(targets: Any) -> str:
 # saving
 
 
-def save_adapted(ctx: RunContext, trainer: Any, output_dir: str | Path) -> None:
+def save_adapted(ctx: Any, trainer: Any, output_dir: str | Path, task: Any) -> None:
     """Save the final model into ``output_dir`` (call on every process, like ``save_model``).
 
     A model without adapters: ``trainer.save_model``. With adapters: the adapters (plus
@@ -288,7 +279,7 @@ def save_adapted(ctx: RunContext, trainer: Any, output_dir: str | Path) -> None:
         if ctx.cfg.peft.merge:
             if ctx.cfg.peft.load_in_4bit:
                 # Merging into 4-bit weights would round them: reload the base in full precision.
-                merged = merged_model(target, auto_class_for(ctx.cfg.task))
+                merged = load_trained(target, task.auto_model, merge=True)
             else:
                 merged = model.merge_and_unload()
                 ctx.model = merged
@@ -301,12 +292,6 @@ def _write_model_config(config: Any, folder: Path) -> None:
     data.pop("quantization_config", None)  # the saved model is not quantised
     data.pop("_name_or_path", None)
     (folder / MODEL_CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def auto_class_for(task_name: str) -> str:
-    from llmtune.tasks import get_task
-
-    return get_task(task_name).auto_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,16 +317,16 @@ def base_model_args(folder: Path) -> dict:
     return {"name_or_path": base}
 
 
-def load_trained(ctx: RunContext, auto_class: str, location: str | Path, merge: bool = False, **kwargs: Any) -> Any:
+def load_trained(
+    location: str | Path, auto_class: str, training: bool = False, merge: bool = False, **kwargs: Any
+) -> Any:
     """Load an adapters-only folder: the base model (with the trained config), the adapters on top.
 
-    ``merge=True`` (or a training run starting from the folder) returns the merged plain model;
+    ``merge=True`` (or ``training``: a run starting from the folder) returns the merged plain model;
     otherwise a ``PeftModel`` ready for evaluation. ``kwargs`` go to ``from_pretrained``.
     """
-    from types import SimpleNamespace
-
     from llmtune.config import ModelArgs
-    from llmtune.modeling import load_model
+    from llmtune.modeling import load_pretrained
 
     peft = _import_peft()
     folder = Path(location)
@@ -360,13 +345,9 @@ def load_trained(ctx: RunContext, auto_class: str, location: str | Path, merge: 
         for key in [k for k in kwargs if k != "config" and hasattr(config, k)]:
             setattr(config, key, kwargs.pop(key))  # task settings (num_labels...) go on the config
     # The base loads like a training run's model (revision, GGUF de-quantisation), in fp32.
-    base_ctx = SimpleNamespace(
-        cfg=SimpleNamespace(model=ModelArgs(**{k: v for k, v in args.items() if v is not None})),
-        training=True,
-        model_path=base,
-    )
+    base_args = ModelArgs(**{k: v for k, v in args.items() if v is not None and k != "name_or_path"})
     try:
-        model = load_model(base_ctx, auto_class, **kwargs)
+        model = load_pretrained(base, base_args, auto_class, training=True, **kwargs)
     except LlmtuneError as exc:
         raise LlmtuneError(f"the base model of the adapters in {folder} cannot be loaded: {exc}") from exc
     try:
@@ -374,29 +355,11 @@ def load_trained(ctx: RunContext, auto_class: str, location: str | Path, merge: 
     except (ValueError, RuntimeError, OSError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlmtuneError(f"the adapters in {folder} do not fit base model '{base}': {text}") from exc
-    if merge or ctx.training:
-        if ctx.training:
+    if merge or training:
+        if training:
             echo(f"llmtune: {folder} holds adapters: merged into base '{base}' before training")
         return model.merge_and_unload()
     return model
-
-
-def merged_model(location: str | Path, auto_class: str) -> Any:
-    """A plain model from a saved folder: the merged weights, or adapters merged into their base."""
-    from types import SimpleNamespace
-
-    from llmtune.modeling import load_model
-
-    ctx = SimpleNamespace(cfg=SimpleNamespace(model=_plain_model_args()), training=False, model_path=str(location))
-    if is_adapter_folder(location):
-        return load_trained(ctx, auto_class, location, merge=True)
-    return load_model(ctx, auto_class)
-
-
-def _plain_model_args() -> Any:
-    from llmtune.config import ModelArgs
-
-    return ModelArgs()
 
 
 def unwrap(model: Any) -> Any:

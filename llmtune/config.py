@@ -1,16 +1,17 @@
-"""Typed run configuration: the one home of every default.
+"""Typed run configuration: the schema and the one home of every generic default.
 
-A run is described by :class:`RunConfig`. Defaults live here (and, for task-specific knobs, in
-the task's ``Options`` dataclass); a recipe YAML only overrides them, ``--set a.b=c`` overrides
-the YAML, and explicit CLI flags override both. Unknown keys are rejected with the valid keys
-listed; type and cross-field problems are collected and raised once as :class:`ConfigError`.
+A run is described by :class:`RunConfig`. Generic defaults live here; a task declares its own
+knobs (its ``Options`` dataclass) and the generic defaults it changes (``Task.defaults``), and
+:mod:`llmtune.resolve` layers them: typed defaults < task defaults < recipe YAML < ``--set a.b=c``
+< explicit CLI flags. Unknown keys are rejected with the valid keys listed; type, range and
+cross-field problems are collected and raised once as :class:`ConfigError`.
 
-This module must stay importable without torch/transformers (``recipes validate`` uses it).
+This module knows no task and no recipe (the resolver does), and stays importable without
+torch/transformers.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from llmtune.errors import ConfigError
+from llmtune.progress import PROGRESS_MODES
 
 CONFIG_FILENAME = "llmtune_config.yaml"
 
@@ -121,6 +123,12 @@ REPORT_TO = (
     "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow", "neptune",
     "swanlab", "tensorboard", "trackio", "wandb",
 )  # fmt: skip
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
+OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
+PEFT_METHODS = ("none", "lora", "dora", "ia3")
 
 
 @dataclass
@@ -140,7 +148,7 @@ class ModelArgs:
     trust_remote_code: bool = False
     # Attention kernel: sdpa | flash_attention_2 | flex_attention | eager; None = sdpa (eager for
     # the few architectures without it). Refused in one line where the model or machine lacks it.
-    attn_implementation: str | None = None
+    attn_implementation: str | None = choice(None, *ATTN_IMPLEMENTATIONS)
 
 
 @dataclass
@@ -199,17 +207,17 @@ class TrainArgs:
     logging_steps: int = bounded(50, ge=1)
     # auto | fp32 | bf16 | fp16. auto = bf16 mixed precision on GPUs that have it (fp16 on older
     # CUDA GPUs), fp32 on CPU; TF32 matmuls are switched on on Ampere and newer GPUs.
-    precision: str = "auto"
+    precision: str = choice("auto", *PRECISIONS)
     gradient_checkpointing: bool = False
     # torch.compile the model (TrainingArguments.torch_compile); refused in one line where the
     # platform cannot compile, unless compile_fallback (then the run continues uncompiled).
     compile: bool = False
     # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs (None = default).
-    compile_mode: str | None = None
+    compile_mode: str | None = choice(None, *COMPILE_MODES)
     compile_fallback: bool = False
     # Optimizer: auto (fused AdamW, the transformers default: CUDA and CPU kernels), adamw_torch,
     # adamw_torch_fused, adamw_8bit (bitsandbytes, CUDA only), adafactor, sgd.
-    optim: str = "auto"
+    optim: str = choice("auto", *OPTIMIZERS)
     # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
     # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
     liger_kernel: bool = False
@@ -233,7 +241,7 @@ class TrainArgs:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Terminal display: auto (live progress line on a terminal, plain lines otherwise), plain, or
     # quiet (--quiet: only the final metrics and errors).
-    progress: str = "auto"
+    progress: str = choice("auto", *PROGRESS_MODES)
 
 
 @dataclass
@@ -241,11 +249,11 @@ class PeftArgs:
     """Parameter-efficient fine-tuning through ``peft`` (see :mod:`llmtune.adapters`)."""
 
     # none (full fine-tuning) | lora | dora (weight-decomposed LoRA) | ia3
-    method: str = "none"
+    method: str = choice("none", *PEFT_METHODS)
     # LoRA/DoRA rank, scaling alpha and dropout (IA3 has none of these).
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
+    r: int = bounded(16, ge=1)
+    alpha: float = bounded(32.0, gt=0)
+    dropout: float = bounded(0.05, ge=0, lt=1)
     # Module names to adapt: None = peft's default for the architecture; [all-linear] = every
     # linear layer except the output layer.
     target_modules: list[str] | None = None
@@ -258,7 +266,6 @@ class PeftArgs:
     load_in_4bit: bool = False
 
 
-PEFT_METHODS = ("none", "lora", "dora", "ia3")
 # sft's old LoRA options, now the shared peft section: refused with a pointer to the new key.
 MOVED_KEYS = {
     "options.lora": "peft.method (e.g. --set peft.method=lora, or --lora)",
@@ -281,9 +288,11 @@ class RunConfig:
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
     # Not saved: values the task's default recipe set when no --recipe was given (printed once
-    # at the start of a run), and that recipe's file name.
+    # at the start of a run), that recipe's file name, and the task's declared defaults this run
+    # took (``Task.defaults``: dotted key -> value).
     recipe_defaults: typing.ClassVar[dict] = {}
     recipe_source: typing.ClassVar[str] = ""
+    task_defaults: typing.ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         out = {}
@@ -325,11 +334,6 @@ FLAG_NAMES = {
     "options.block_size": "--block-size",
 }
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# llmtune's names; adamw_8bit is bitsandbytes' 8-bit AdamW (transformers' adamw_bnb_8bit).
-OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "adafactor", "sgd")
 
 SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
 TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
@@ -533,54 +537,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def build_config(
-    tree: dict, source: str | None = None, validate: bool = True, origins: dict[str, tuple[str, str]] | None = None
-) -> RunConfig:
-    """Turn a merged dict (recipe + overrides) into a validated :class:`RunConfig`.
-
-    ``origins`` maps dotted keys to where their value came from (see :func:`merge_overrides`);
-    problems are reported against that source. Without it, ``source`` names the file.
-    """
-    from llmtune.tasks import get_task  # torch-free by contract
-
-    problems: list[str] = []
-    ranges: list[str] = []  # reported with the cross-field problems: all at once
-    for key in tree:
-        if key not in TOP_LEVEL_KEYS:
-            problems.append(f"unknown key '{key}'; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
-    cfg = RunConfig()
-    task_name = tree.get("task", cfg.task)
-    if not isinstance(task_name, str):
-        problems.append(f"task must be a string, got {task_name!r}")
-        task_name = cfg.task
-    task = None
-    try:
-        task = get_task(task_name)
-        cfg.task = task.name
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    if "description" in tree:
-        cfg.description = str(tree["description"] or "")
-    for name, cls in SECTIONS.items():
-        setattr(cfg, name, build_dataclass(cls, tree.get(name), name, problems, ranges))
-    if task is not None:
-        options = tree.get("options")
-        if isinstance(options, dict):
-            known = {f.name for f in dataclasses.fields(task.Options)}
-            for key in [k for k in options if f"options.{k}" in MOVED_KEYS and k not in known]:
-                problems.append(f"options.{key} moved to the peft section: use {MOVED_KEYS[f'options.{key}']}")
-            options = {k: v for k, v in options.items() if not (f"options.{k}" in MOVED_KEYS and k not in known)}
-        cfg.options = build_dataclass(task.Options, options, "options", problems, ranges)
-        task.apply_defaults(cfg, tree)
-    if problems:
-        raise ConfigError(problems + ranges, source, origins)
-    if validate:
-        validate_config(cfg, task, source, origins, ranges)
-    elif ranges:
-        raise ConfigError(ranges, source, origins)
-    return cfg
-
-
 def validate_config(
     cfg: RunConfig,
     task: Any,
@@ -594,19 +550,8 @@ def validate_config(
     t, d = cfg.train, cfg.data
     if t.eval_strategy == "steps" and not t.eval_steps:
         p.append("train.eval_strategy=steps needs train.eval_steps (e.g. --set train.eval_steps=200)")
-    if t.precision not in PRECISIONS:
-        p.append(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    if cfg.model.attn_implementation is not None and cfg.model.attn_implementation not in ATTN_IMPLEMENTATIONS:
-        p.append(
-            f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-            f"got {cfg.model.attn_implementation!r}"
-        )
-    if t.compile_mode is not None and t.compile_mode not in COMPILE_MODES:
-        p.append(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
     if (t.compile_mode is not None or t.compile_fallback) and not t.compile:
         p.append("train.compile_mode / train.compile_fallback need train.compile=true")
-    if t.optim not in OPTIMIZERS:
-        p.append(f"train.optim must be one of {', '.join(OPTIMIZERS)}, got {t.optim!r}")
     if t.dataloader_num_workers == 0 and (t.dataloader_prefetch_factor is not None or t.dataloader_persistent_workers):
         p.append(
             "train.dataloader_prefetch_factor / train.dataloader_persistent_workers need worker processes: "
@@ -614,10 +559,6 @@ def validate_config(
         )
     if t.early_stopping_patience is not None and t.eval_strategy == "no":
         p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
-    from llmtune.progress import PROGRESS_MODES
-
-    if t.progress not in PROGRESS_MODES:
-        p.append(f"train.progress must be {', '.join(PROGRESS_MODES)}, got {t.progress!r}")
     if "none" in t.report_to and len(t.report_to) > 1:
         p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
@@ -639,14 +580,7 @@ def validate_config(
 def peft_problems(cfg: RunConfig) -> list[str]:
     e, m, p = cfg.peft, cfg.model, []
     if e.method not in PEFT_METHODS:
-        p.append(f"peft.method must be {', '.join(PEFT_METHODS)}, got {e.method!r}")
-        return p
-    if e.r < 1:
-        p.append(f"peft.r must be >= 1, got {e.r}")
-    if e.alpha <= 0:
-        p.append(f"peft.alpha must be > 0, got {e.alpha}")
-    if not 0 <= e.dropout < 1:
-        p.append(f"peft.dropout must be in [0, 1), got {e.dropout}")
+        return p  # reported with the field checks (peft.method's choices)
     if e.target_modules is not None and not e.target_modules:
         p.append("peft.target_modules must name at least one module, or be null (peft's default) or [all-linear]")
     if e.method == "none":
@@ -663,111 +597,3 @@ def peft_problems(cfg: RunConfig) -> list[str]:
     if e.load_in_4bit and m.gguf_file:
         p.append("peft.load_in_4bit cannot re-quantise a GGUF model (model.gguf_file): drop one of them")
     return p
-
-
-def load_config(
-    recipe: str | Path | None = None,
-    task: str | None = None,
-    sets: list[str] | None = None,
-    flags: dict[str, Any] | None = None,
-    validate: bool = True,
-    flag_names: dict[str, str] | None = None,
-    task_flag: str = "--task",
-) -> RunConfig:
-    """Merge defaults < recipe YAML < ``--set`` overrides < explicit flags, then validate.
-
-    ``recipe`` is a recipe name or a YAML path; with no recipe, the task's default recipe (the
-    one named after the task, if shipped) is used. ``flags`` maps dotted keys to values; None
-    values (flags not given) are ignored. ``flag_names`` maps dotted keys to the flag that set
-    them (``train.learning_rate`` -> ``--lr``), for messages.
-    """
-    from llmtune.recipes import find_recipe, task_default_recipe
-
-    tree: dict = {}
-    source = None
-    implicit = False
-    if recipe is not None:
-        path = find_recipe(str(recipe))
-        tree = read_yaml(path)
-        source = str(path)
-    elif task is not None:
-        path = task_default_recipe(task)
-        if path is not None:
-            tree = read_yaml(path)
-            source = str(path)
-            implicit = True
-    recipe_tree = copy.deepcopy(tree)
-    origins = file_origins(tree, source) if source else {}
-    if task is not None:
-        from llmtune.tasks import get_task
-
-        recipe_task = tree.get("task")
-        wanted = get_task(task)
-        # Tasks of one family (e.g. sentiment / text-classification) accept each other's recipes.
-        if recipe is not None and recipe_task is not None and get_task(str(recipe_task)).family != wanted.family:
-            raise ConfigError(
-                [
-                    f"{task_flag} {task} conflicts with the recipe's task '{recipe_task}': drop --task or pick another recipe"
-                ],
-                source,
-            )
-        tree["task"] = task
-        origins["task"] = ("flag", task_flag)
-    merge_overrides(tree, origins, sets, flags, flag_names)
-    given = {key for key, _ in parse_set_overrides(sets)} | {k for k, v in (flags or {}).items() if v is not None}
-    skipped = {}
-    if implicit and "train.batch_size" in given and "train.gradient_accumulation_steps" not in given:
-        # The batch asked for is the batch trained with: the recipe's accumulation would multiply it.
-        accumulation = (tree.get("train") or {}).pop("gradient_accumulation_steps", None)
-        if accumulation not in (None, 1):
-            skipped["train.gradient_accumulation_steps"] = f"1 (not the recipe's {accumulation}: --batch-size given)"
-    recipe_data = recipe_tree.get("data") or {}
-    if recipe_data.get("config_name") and "data.dataset" in given and "data.config_name" not in given:
-        (tree.get("data") or {}).pop("config_name", None)  # a configuration of the recipe's dataset
-    if "description" in tree and _replaces_model_or_data(recipe_tree, tree):
-        tree.pop("description")  # it describes the recipe's model and data, not this run's
-    cfg = build_config(tree, source, validate=validate, origins=origins)
-    if implicit:
-        cfg.recipe_defaults = {**_recipe_values(recipe_tree, tree, cfg), **skipped}
-        cfg.recipe_source = Path(source).name if source else ""
-    return cfg
-
-
-#: Recipe keys that change neither cost nor results: not listed when a default recipe is used.
-_COSMETIC_KEYS = {"description", "task", "train.logging_steps", "train.save_total_limit", "train.output_dir"}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted.count(".") == 0 and key != "config_overrides":
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def _replaces_model_or_data(recipe_tree: dict, tree: dict) -> bool:
-    before, after = _flatten(recipe_tree), _flatten(tree)
-    keys = ("model.name_or_path", "model.config", "model.gguf_file", "data.dataset", "data.config_name")
-    return any(k in before and after.get(k) != before[k] for k in keys) or any(
-        k not in before and after.get(k) is not None for k in ("model.name_or_path", "data.dataset")
-    )
-
-
-def _recipe_values(recipe_tree: dict, tree: dict, cfg: RunConfig) -> dict:
-    """The recipe's values this run kept that differ from the typed defaults (the ones worth
-    telling a user who did not pick the recipe)."""
-    defaults = {**_flatten(RunConfig().to_dict())}
-    if cfg.options is not None and dataclasses.is_dataclass(cfg.options):
-        defaults.update(_flatten({"options": dataclasses.asdict(type(cfg.options)())}))
-    final = _flatten(tree)
-    out = {}
-    for key, value in _flatten(recipe_tree).items():
-        if key in _COSMETIC_KEYS or final.get(key) != value or defaults.get(key, object()) == value:
-            continue
-        if key == "train.epochs" and cfg.train.max_steps > 0:
-            continue  # max_steps decides
-        out[key] = value
-    return out

@@ -10,7 +10,9 @@ chat template, max length), the data/task options, and the source code of the en
 so the same data and config reuse the cache across runs, and a changed tokenizer, ``max_length``
 or option invalidates it.
 
-Module level stays torch-free.
+The run-context parts of the key (which config sections, columns and state, how an encode
+closure is described) are the tasks' business: :func:`llmtune.tasks.base.run_parts`. Module
+level stays torch-free.
 """
 
 from __future__ import annotations
@@ -22,27 +24,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Fields of the model section that cannot change tokenized rows.
-_MODEL_FIELDS_IGNORED = ("attn_implementation",)
 
-
-def _stable(value: Any) -> Any:
+def stable(value: Any) -> Any:
     """A JSON-able, deterministic stand-in for ``value``."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _stable(dataclasses.asdict(value))
+        return stable(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {str(k): _stable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): stable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
+        return [stable(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted(_stable(v) for v in value)
+        return sorted(stable(v) for v in value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if getattr(value, "_fingerprint", None) is not None:  # a datasets.Dataset
         return f"dataset:{value._fingerprint}"
     to_dict = getattr(value, "to_dict", None)
     if callable(to_dict):
-        return _stable(to_dict())
+        return stable(to_dict())
     from datasets.fingerprint import Hasher
 
     return Hasher.hash(value)
@@ -71,18 +70,25 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "add_prefix_space": getattr(tokenizer, "add_prefix_space", None),
         "len": len(tokenizer),
     }
-    h.update(json.dumps(_stable(settings), sort_keys=True).encode())
+    h.update(json.dumps(stable(settings), sort_keys=True).encode())
     return h.hexdigest()
 
 
 def _source_hash(*modules: str) -> str:
+    """A hash of llmtune's version and the source of ``modules`` (every file of a package)."""
     import llmtune
 
     h = hashlib.sha256(llmtune.__version__.encode())
     for name in modules:
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
-        if path and Path(path).is_file():
+        if not path or not Path(path).is_file():
+            continue
+        if getattr(module, "__path__", None) is not None:  # a package: all of its code
+            for file in sorted(Path(path).parent.rglob("*.py")):
+                h.update(str(file.relative_to(Path(path).parent)).encode())
+                h.update(file.read_bytes())
+        else:
             h.update(Path(path).read_bytes())
     return h.hexdigest()
 
@@ -95,59 +101,7 @@ def map_fingerprint(ds: Any, tokenizer: Any, code_modules: tuple[str, ...], **pa
     payload = {
         "data": fingerprint,
         "tokenizer": tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
-        "code": _source_hash(__name__, "llmtune.tasks.base", *code_modules),
-        "parts": _stable(parts),
+        "code": _source_hash(__name__, *code_modules),
+        "parts": stable(parts),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def run_parts(ctx: Any) -> dict:
-    """The parts of a run context that may shape tokenized rows: task, data and task options,
-    the model section (minus runtime-only fields), picked columns and task state."""
-    cfg = ctx.cfg
-    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in _MODEL_FIELDS_IGNORED}
-    state = {k: v for k, v in ctx.state.items() if k != "performance"}
-    return {
-        "task": cfg.task,
-        "training": ctx.training,
-        "data": cfg.data,
-        "options": cfg.options,
-        "model": model,
-        "columns": ctx.columns,
-        "state": state,
-    }
-
-
-def function_parts(fn: Any, depth: int = 0) -> Any:
-    """A stable description of an encode function's inputs besides the dataset: its name, default
-    arguments and closure variables. The run context, the tokenizer and the task object are
-    represented by :func:`run_parts`, :func:`tokenizer_fingerprint` and the source hash instead
-    of being pickled; nested helper functions are described the same way."""
-    from llmtune.tasks.base import RunContext, Task
-
-    def part(value: Any) -> Any:
-        if isinstance(value, RunContext):
-            return "<run context>"
-        if isinstance(value, Task):
-            return f"<task {type(value).__name__}>"
-        if hasattr(value, "backend_tokenizer") or hasattr(value, "convert_tokens_to_ids"):
-            return f"<tokenizer {tokenizer_fingerprint(value)}>"
-        if callable(value) and hasattr(value, "__code__") and depth < 4:
-            return function_parts(value, depth + 1)
-        return _stable(value)
-
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return _stable(fn)
-    cells = {}
-    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
-        try:
-            cells[name] = part(cell.cell_contents)
-        except ValueError:  # an empty cell
-            cells[name] = None
-    return {
-        "name": fn.__qualname__,
-        "defaults": [part(v) for v in fn.__defaults__ or ()],
-        "kwdefaults": {k: part(v) for k, v in (fn.__kwdefaults__ or {}).items()},
-        "cells": cells,
-    }

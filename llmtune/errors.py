@@ -33,7 +33,8 @@ def one_line(text: object, limit: int = 400) -> str:
 def attribute(problem: str, origins: dict[str, tuple[str, str]]) -> str:
     """Name where the value a problem is about came from: the flag, the ``--set`` or the file.
 
-    ``origins`` maps dotted keys to ``("flag", "--lr")``, ``("set", key)`` or ``("file", path)``.
+    ``origins`` maps dotted keys to ``("flag", "--lr")``, ``("set", key)``, ``("file", path)`` or
+    ``("default", task)`` (a default the task declares).
     The key is the first config key the problem mentions.
     """
     match = _KEY_RE.search(problem)
@@ -50,6 +51,8 @@ def attribute(problem: str, origins: dict[str, tuple[str, str]]) -> str:
         return f"{label} ({key}){problem[len(key) :]}" if leading else f"{problem} ({key} from {label})"
     if kind == "set":
         return f"--set {problem}" if leading else f"{problem} (from --set {key}=...)"
+    if kind == "default":
+        return f"{problem} ({key} is task {label}'s default: change it with --set {key}=...)"
     return f"{label}: {problem}"
 
 

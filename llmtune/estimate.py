@@ -627,7 +627,7 @@ def resolve(req: Request) -> Target:
     )
     vocab = req.vocab_size
     if req.recipe:
-        from llmtune.config import load_config
+        from llmtune.resolve import load_config
 
         cfg = load_config(recipe=req.recipe, sets=req.sets)
         task_name = task_name or cfg.task

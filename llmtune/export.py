@@ -131,7 +131,7 @@ def _export_full(
 ) -> str:
     import torch
 
-    from llmtune.adapters import merged_model
+    from llmtune.loading import merged_model
 
     if cls_name.startswith("Auto"):
         model = merged_model(source, cls_name)

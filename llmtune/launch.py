@@ -130,7 +130,7 @@ def distributed_state() -> Any:
 
 
 def accelerate_configs_dir() -> Path:
-    from llmtune.recipes import recipes_dir
+    from llmtune.paths import recipes_dir
 
     return recipes_dir() / "accelerate"
 

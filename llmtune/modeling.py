@@ -11,7 +11,6 @@ import os
 import socket
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from llmtune.errors import LlmtuneError, one_line
@@ -250,34 +249,41 @@ def load_config(spec: str, cfg_model: Any = None) -> Any:
         raise _hub_error("model", spec, exc) from exc
 
 
-def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
-    """Load pretrained weights with ``transformers.<auto_class>`` from ``ctx.model_path``.
+def load_pretrained(
+    spec: str,
+    model_args: Any,
+    auto_class: str,
+    *,
+    training: bool = False,
+    quantization: dict | None = None,
+    state: dict | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load full pretrained weights with ``transformers.<auto_class>`` from ``spec``.
 
-    The same options for every command: ``model.revision``, ``model.gguf_file`` (unpacked to
-    float32: trainable, and saved as a plain safetensors model) and ``model.trust_remote_code``.
-    ``model.config_overrides`` apply when training (they change the architecture's settings).
+    The same options for every command: ``model_args`` (a :class:`llmtune.config.ModelArgs`) gives
+    ``revision``, ``gguf_file`` (unpacked to float32: trainable, and saved as a plain safetensors
+    model) and ``trust_remote_code``; its ``config_overrides`` apply when ``training`` (they change
+    the architecture's settings). ``quantization`` holds the 4-bit ``from_pretrained`` arguments
+    of QLoRA (:func:`llmtune.adapters.quantization_kwargs`). When training, the weights the
+    checkpoint lacks go to ``state["new_weights"]``. Adapters-only folders are loaded by
+    :func:`llmtune.loading.load_model`, which calls this for their base.
     """
     import torch
     import transformers
 
-    from llmtune import adapters
-
-    location = model_location(ctx.model_path)
-    if adapters.is_adapter_folder(location):  # adapters only: the base, then the adapters on top
-        return adapters.load_trained(ctx, auto_class, location, **kwargs)
-    cfg = ctx.cfg.model
+    location = model_location(spec)
     cls = getattr(transformers, auto_class)
-    extra: dict[str, Any] = {**hub_kwargs(cfg), "dtype": torch.float32}
-    quantized = adapters.quantization_kwargs(ctx)  # QLoRA: 4-bit base weights
-    extra.update(quantized)
-    if cfg.gguf_file:
+    extra: dict[str, Any] = {**hub_kwargs(model_args), "dtype": torch.float32}
+    extra.update(quantization or {})
+    if model_args.gguf_file:
         from transformers import GgufConfig
 
         extra["quantization_config"] = GgufConfig(dequantize=True)
-    check_folder(ctx.model_path, location, ("config", "weights"))
-    if ctx.training and cfg.config_overrides:
-        config = load_config(ctx.model_path, cfg)
-        apply_config_overrides(config, cfg.config_overrides)
+    check_folder(spec, location, ("config", "weights"))
+    if training and model_args.config_overrides:
+        config = load_config(spec, model_args)
+        apply_config_overrides(config, model_args.config_overrides)
         # With an explicit config, from_pretrained hands leftover kwargs to the model's __init__:
         # config attributes the task passes (num_labels, id2label, problem_type...) go on the config.
         for key in [k for k in kwargs if hasattr(config, k)]:
@@ -286,30 +292,33 @@ def load_model(ctx: Any, auto_class: str, **kwargs: Any) -> Any:
     extra.update(kwargs)
     try:
         model, info = cls.from_pretrained(location, output_loading_info=True, **extra)
-        if cfg.gguf_file:
+        if model_args.gguf_file:
             drop_gguf_quantizer(model)
-        if ctx.training and isinstance(getattr(ctx, "state", None), dict):
+        if training and state is not None:
             # Weights the checkpoint lacks (a new head, BERT's pooler...): adapters train them in full.
-            ctx.state["new_weights"] = sorted(info.get("missing_keys") or ())
+            state["new_weights"] = sorted(info.get("missing_keys") or ())
         return model
     except OSError as exc:
-        raise _hub_error("model", ctx.model_path, exc) from exc
+        raise _hub_error("model", spec, exc) from exc
     except (ValueError, RuntimeError, TypeError) as exc:
-        if quantized:
-            raise adapters.quantization_error(ctx, exc) from exc
+        if quantization:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LlmtuneError(
+                f"bitsandbytes cannot quantise model '{spec}' to 4 bits ({text}): drop peft.load_in_4bit"
+            ) from exc
         if isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc):
             raise LlmtuneError(
-                f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is "
+                f"could not read the weights of model '{spec}': {one_line(exc)}; if a file there is "
                 f"corrupt or partial, {FIX}"
             ) from exc
         if not isinstance(exc, ValueError):
             raise
-        raise LlmtuneError(f"model '{ctx.model_path}' cannot be loaded as {auto_class}: {one_line(exc)}") from exc
+        raise LlmtuneError(f"model '{spec}' cannot be loaded as {auto_class}: {one_line(exc)}") from exc
     except Exception as exc:  # SafetensorError, torch.load's unpickling errors on a cut .bin, ...
         if type(exc).__name__ not in ("SafetensorError", "UnpicklingError", "BadZipFile", "EOFError"):
             raise
         raise LlmtuneError(
-            f"could not read the weights of model '{ctx.model_path}': {one_line(exc)}; if a file there is corrupt "
+            f"could not read the weights of model '{spec}': {one_line(exc)}; if a file there is corrupt "
             f"or partial, {FIX}"
         ) from exc
 
@@ -353,63 +362,6 @@ def max_positions(config: Any) -> int | None:
                     return value - 2  # positions start after the padding index
                 return value
     return None
-
-
-def run_model_config(ctx: Any) -> Any:
-    """The run's model architecture without loading weights: the loaded model's, the one a task
-    already resolved, ``model.config`` (from scratch), or the checkpoint's config.json (an
-    adapters-only folder's base model's), with ``model.config_overrides`` when training, as
-    :func:`load_model` applies them; None when it cannot be read here."""
-    if getattr(ctx, "model", None) is not None:
-        return ctx.model.config
-    if ctx.state.get("model_config") is not None:
-        return ctx.state["model_config"]
-    m = ctx.cfg.model
-    spec = ctx.model_path or m.name_or_path
-    try:
-        if m.config and not m.name_or_path:
-            return model_architecture(m)
-        if not spec:
-            return None
-        from llmtune import adapters
-
-        location = resolve_location(spec)
-        if adapters.is_adapter_folder(location):
-            base = adapters.base_model_args(Path(location))
-            options = SimpleNamespace(**{k: base.get(k) for k in ("revision", "gguf_file", "trust_remote_code")})
-            config = load_config(base["name_or_path"], options)
-        else:
-            config = load_config(spec, m)
-        if ctx.training and m.config_overrides:
-            apply_config_overrides(config, m.config_overrides)
-        return config
-    except Exception:  # the model step reports a bad model or config in its own words
-        return None
-
-
-def sequence_limit(ctx: Any) -> int:
-    """The longest sequence a decoder task (sft, dpo) encodes: ``data.max_length`` up to the model's
-    positions, with one warning when it is cut. Resolved once per run (``ctx.state``), so the data
-    and the eval batch sizing use the same limit.
-
-    The tokenizer's ``model_max_length`` applies only when the model's positions are unknown: an
-    explicit ``data.max_length`` above it is honoured, as ``tokenizer(..., max_length=N)`` itself
-    does, and as ``--block-size`` is for pretraining (llmtune's built-in tokenizers say 512 while
-    the ``llama-tiny`` preset takes 1024).
-    """
-    if "sequence_limit" in ctx.state:
-        return ctx.state["sequence_limit"]
-    requested = int(ctx.cfg.data.max_length)
-    config = run_model_config(ctx)
-    positions = max_positions(config) if config is not None else None
-    limit = positions if positions is not None else tokenizer_max_length(ctx.tokenizer)
-    if requested > limit:
-        where = "the model's positions" if positions is not None else "the tokenizer's model_max_length"
-        ctx.warnings.append(
-            f"data.max_length={requested} is above {where} ({limit}): sequences are cut at {limit} tokens"
-        )
-    ctx.state["sequence_limit"] = min(requested, limit)
-    return ctx.state["sequence_limit"]
 
 
 def model_architecture(m: Any) -> Any:

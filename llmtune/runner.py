@@ -36,7 +36,7 @@ from llmtune.outputs import (
     write_model_card,
     write_run_status,
 )
-from llmtune.recipes import recipe_defaults_note
+from llmtune.recipes import recipe_defaults_note, task_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
 from llmtune.trainer import build_trainer
@@ -79,9 +79,9 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     quiet = cfg.train.progress == "quiet"
     info = (lambda *a, **k: None) if quiet else echo  # --quiet: final metrics and errors only
     info("llmtune: resolved config\n" + cfg.to_yaml())
-    note = recipe_defaults_note(cfg)
-    if note:
-        info(note)
+    for note in (recipe_defaults_note(cfg), task_defaults_note(cfg)):
+        if note:
+            info(note)
     if resume_from is not None:
         info(f"llmtune: resuming from {resume_from}")
     elif cfg.train.resume == "auto":
@@ -105,7 +105,7 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     hardware.apply_to_model(cfg, ctx.model)
     task.check_model(ctx, ctx.model)
     task.finalize_model(ctx, ctx.model)
-    ctx.model = apply_adapters(ctx, ctx.model)
+    ctx.model = apply_adapters(ctx, ctx.model, task)
     for message in ctx.warnings:  # every input loaded: the run starts
         warn(message)
     has_eval = "validation" in processed
@@ -169,7 +169,7 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
         test_metrics, records = task.predict(ctx, trainer, raw["test"], processed["test"])
         metrics["test"] = clean_metrics({k.replace("eval_", "test_", 1): v for k, v in test_metrics.items()})
 
-    save_adapted(ctx, trainer, output_dir)  # adapters: also merged, per peft.merge
+    save_adapted(ctx, trainer, output_dir, task)  # adapters: also merged, per peft.merge
     if state.is_main_process:
         task.save_extras(ctx, output_dir)
         cfg.save(output_dir)

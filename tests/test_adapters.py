@@ -44,16 +44,20 @@ def one_error_line(result) -> str:
 
 
 def test_peft_config_checks_collected():
-    from llmtune.config import build_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config({"task": "sentiment", "peft": {"method": "lora", "r": 0, "alpha": -1, "dropout": 1.5}})
     text = str(err.value)
-    assert "peft.r must be >= 1" in text and "peft.alpha must be > 0" in text and "peft.dropout must be in" in text
+    assert (
+        "peft.r must be >= 1" in text
+        and "peft.alpha must be > 0" in text
+        and "peft.dropout must be >= 0 and < 1" in text
+    )
     with pytest.raises(ConfigError) as err:
         build_config({"task": "sentiment", "peft": {"method": "lora2"}})
-    assert "peft.method must be none, lora, dora, ia3" in str(err.value)
+    assert "peft.method must be one of none, lora, dora, ia3" in str(err.value)
     with pytest.raises(ConfigError) as err:
         build_config({"task": "sentiment", "peft": {"load_in_4bit": True}})
     assert "peft.load_in_4bit (QLoRA)" in str(err.value) and "peft.method=lora" in str(err.value)
@@ -92,7 +96,7 @@ def test_qlora_quantization_settings():
     from types import SimpleNamespace
 
     from llmtune.adapters import quantization_kwargs
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
 
     cfg = build_config(
         {"task": "sft", "model": {"name_or_path": "x"}, "peft": {"method": "lora", "load_in_4bit": True}}
@@ -130,14 +134,15 @@ def test_merged_logits_equal_unmerged(method, tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
     from llmtune.adapters import apply_adapters
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
+    from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3)
     cfg = build_config({"task": "sentiment", "peft": {"method": method, "r": 4, "target_modules": ["all-linear"]}})
     ctx = RunContext(cfg=cfg)
-    peft_model = apply_adapters(ctx, model)
+    peft_model = apply_adapters(ctx, model, get_task("sentiment"))
     assert 0 < ctx.state["trainable_params"] < ctx.state["total_params"]
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert any("classifier" in n for n in names)  # the task head is trained in full
@@ -299,7 +304,7 @@ def test_adapters_only_run_eval_and_export(cli, request, tmp_path):
     plain = AutoModelForSequenceClassification.from_pretrained(exported).eval()
     from peft import PeftModel
 
-    from llmtune.adapters import merged_model
+    from llmtune.loading import merged_model
 
     base = AutoModelForSequenceClassification.from_pretrained(
         request.getfixturevalue("tiny_bert_dir"), config=plain.config.__class__.from_json_file(out / MODEL_CONFIG_FILE)

@@ -256,8 +256,8 @@ def test_bad_input_is_one_line(name, tmp_path, cli, tiny_ctc_dir, tiny_whisper_d
 
 
 def test_config_validation():
-    from llmtune.config import load_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import load_config
 
     sets = ["model.config=gpt2-tiny", "options.normalize=fancy", "options.speed_perturbation=[1.0]"]
     sets += ["options.max_duration_s=0", "options.whisper_task=dance"]
@@ -321,7 +321,7 @@ def test_saved_model_in_pipeline_and_eval(scratch_run, speech, tmp_path, cli):
     samples, rate = load_audio(rows[0]["audio"], asr.feature_extractor.sampling_rate)
     assert asr({"raw": samples, "sampling_rate": rate})["text"] == rows[0]["hypothesis"]
     # the task-level API (reused by prediction commands) agrees with training-time decoding
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
 
     task = get_task("asr")
     ctx = RunContext(cfg=build_config({"task": "asr"}), training=False, model_path=str(out))
@@ -415,7 +415,7 @@ def test_hub_style_audio_column_is_read_from_bytes(tmp_path):
     import soundfile as sf
 
     from llmtune.audio import load_audio
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 

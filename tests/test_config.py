@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llmtune.config import CONFIG_FILENAME, RunConfig, load_config
+from llmtune.config import CONFIG_FILENAME, RunConfig
 from llmtune.errors import ConfigError
+from llmtune.resolve import load_config
 
 
 def write(tmp_path, data) -> str:

@@ -11,7 +11,7 @@ from tests.conftest import make_sft_rows
 
 
 def _prepare(task_name: str, sets: list[str]) -> dict:
-    from llmtune.config import load_config
+    from llmtune.resolve import load_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 

@@ -210,8 +210,8 @@ def test_sequence_logps_sum_the_answer_tokens(tiny_llama_dir, chat_tok):
 
 
 def test_config_validation():
-    from llmtune.config import build_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(
@@ -363,7 +363,7 @@ def test_unseparable_layout_and_bad_reference_columns(tiny_llama_dir, tmp_path, 
 
 
 def test_prepare_rejects_all_identical(tiny_llama_dir, tmp_path):
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 
@@ -394,7 +394,7 @@ def test_smoke_recipe_builds_from_config(tmp_path, cli):
 
 @pytest.mark.slow
 def test_dpo_with_lora_uses_the_base_with_adapters_disabled_as_reference(tiny_llama_dir, hh_data, tmp_path, cli):
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
     from tests.run_utils import losses
@@ -424,7 +424,7 @@ def test_dpo_with_lora_uses_the_base_with_adapters_disabled_as_reference(tiny_ll
 def test_pairs_fit_the_model_positions_when_max_length_is_cut(tiny_llama_dir, tmp_path):
     """data.max_length and max_prompt_length above the model's 256 positions: every pair is cut to
     256 tokens with a non-empty answer (max_prompt_length never takes the whole sequence)."""
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 

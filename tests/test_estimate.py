@@ -49,8 +49,8 @@ def test_preset_counts_equal_instantiated(preset):
 
 def shipped_offline_recipes() -> list[str]:
     """Recipes whose model config is on this machine (presets, builtin: configs, package: models)."""
-    from llmtune.config import load_config
     from llmtune.paths import resolve_location
+    from llmtune.resolve import load_config
 
     names = []
     for path in sorted((ROOT / "recipes").glob("*.yaml")):

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from llmtune import hardware
-from llmtune.config import load_config
 from llmtune.errors import ConfigError, LlmtuneError
+from llmtune.resolve import load_config
 
 needs_no_gpu = pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="checks the CPU refusals")
 

@@ -132,7 +132,7 @@ def test_multi_process_eval_uses_padded_batches(monkeypatch, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     from llmtune import packing
-    from llmtune.config import load_config
+    from llmtune.resolve import load_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
     from llmtune.tasks.lm import LMCollator

@@ -20,7 +20,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def save_llmtune_config(folder: Path, tree: dict) -> None:
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
 
     build_config(tree).save(folder)
 

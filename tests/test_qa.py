@@ -133,7 +133,7 @@ def test_long_context_windows_and_labels(tiny_bert_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from llmtune.config import load_config
+    from llmtune.resolve import load_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 

@@ -19,10 +19,11 @@ import json
 
 import pytest
 
-from llmtune.config import load_config, read_yaml
+from llmtune.config import read_yaml
 from llmtune.data import is_local_spec
 from llmtune.presets import get_preset
 from llmtune.recipes import list_recipes
+from llmtune.resolve import load_config
 
 # Hub model id -> model_type of its config.json (what AutoConfig would read from the Hub).
 HUB_MODEL_TYPES = {

@@ -25,7 +25,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def context(task_name: str, tree: dict, training: bool = True, tokenizer: object = None):
     """A RunContext from a plain config tree (no shipped recipe involved)."""
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 
@@ -118,8 +118,8 @@ def test_parallel_errors(tmp_path):
 
 
 def test_config_validation():
-    from llmtune.config import build_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(

@@ -26,7 +26,7 @@ def chat_tok(tiny_chat_tokenizer_dir):
 
 
 def sft_context(tree: dict, model_path: str | None = None, training: bool = True):
-    from llmtune.config import build_config
+    from llmtune.resolve import build_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
 
@@ -128,8 +128,8 @@ def test_sharegpt_messages_and_errors(chat_tok, tmp_path):
 
 
 def test_config_validation():
-    from llmtune.config import build_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import build_config
 
     with pytest.raises(ConfigError) as err:
         build_config(

@@ -37,9 +37,10 @@ def eval_cmd(
     sets: c.Sets = None,
 ) -> None:
     """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
-    from llmtune.config import CONFIG_FILENAME, FLAG_NAMES, build_config, file_origins, merge_overrides
+    from llmtune.config import CONFIG_FILENAME, FLAG_NAMES, file_origins, merge_overrides
     from llmtune.inference.loader import saved_tree
     from llmtune.modeling import check_folder, model_location
+    from llmtune.resolve import build_config
 
     model = model_location(model)  # a missing folder fails here, naming --model
     # A folder that is not a model (empty, a data folder) says so before anything else.

@@ -28,10 +28,21 @@ def recipes_list() -> None:
 @recipes_app.command("show")
 @c.handle_errors
 def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or path.")]) -> None:
-    """Print a recipe's YAML."""
-    from llmtune.recipes import find_recipe
+    """Print a recipe's YAML, then the task's own defaults (as YAML comments)."""
+    from llmtune.config import read_yaml
+    from llmtune.errors import ConfigError
+    from llmtune.recipes import find_recipe, task_defaults_comment
 
-    typer.echo(find_recipe(name).read_text(encoding="utf-8").rstrip())
+    path = find_recipe(name)
+    typer.echo(path.read_text(encoding="utf-8").rstrip())
+    task = read_yaml(path).get("task")
+    if isinstance(task, str):
+        try:
+            comment = task_defaults_comment(task)
+        except ConfigError:  # an unknown task: `recipes validate` names it
+            comment = ""
+        if comment:
+            typer.echo(comment)
 
 
 @recipes_app.command("copy")
@@ -53,8 +64,8 @@ def recipes_validate(
     sets: c.Sets = None,
 ) -> None:
     """Check recipes: unknown keys, types and cross-field problems, all reported at once."""
-    from llmtune.config import load_config
     from llmtune.errors import ConfigError
+    from llmtune.resolve import load_config
 
     bad = 0
     for item in files:

@@ -23,16 +23,16 @@ def resolve_and_run(
     launch: Any = None,
     task_flag: str = "--task",
 ) -> None:
-    from llmtune.config import load_config
+    from llmtune.resolve import load_config
 
     cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags, task_flag=task_flag)
     if dry_run:
-        from llmtune.recipes import recipe_defaults_note
+        from llmtune.recipes import recipe_defaults_note, task_defaults_note
 
         typer.echo(cfg.to_yaml().rstrip())
-        note = recipe_defaults_note(cfg)
-        if note:
-            typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
+        for note in (recipe_defaults_note(cfg), task_defaults_note(cfg)):
+            if note:
+                typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
         return
     if launch is not None:
         from llmtune.launch import check_options, relaunch

@@ -66,8 +66,9 @@ def inference_config(
 
     ``generative``: a model without llmtune_config.yaml and without ``--task`` is a causal LM
     (otherwise ``--task`` is required)."""
-    from llmtune.config import CONFIG_FILENAME, apply_override, build_config, parse_set_overrides
+    from llmtune.config import CONFIG_FILENAME, apply_override, parse_set_overrides
     from llmtune.modeling import model_location
+    from llmtune.resolve import build_config
 
     path = model_location(model)
     tree = saved_tree(path)

@@ -8,8 +8,12 @@ these hooks. Module level stays torch-free; import heavy libraries inside the me
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from llmtune.datacache import map_fingerprint, stable, tokenizer_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     from llmtune.config import RunConfig
@@ -40,6 +44,36 @@ class RunContext:
     warnings: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Default:
+    """A generic default (``key``: a dotted config key) that a task changes, declared as data.
+
+    The resolver (:mod:`llmtune.resolve`) layers it between the typed defaults and the recipe: it
+    applies unless the recipe, ``--set`` or a flag gives ``key`` (or one of ``unless_set``), and
+    only to runs where ``when(cfg)`` holds (``cfg``: the run's config before task defaults).
+    ``value`` may be a function of that config. ``why`` is shown with ``--dry-run`` and by
+    ``recipes show``."""
+
+    key: str
+    value: Any
+    why: str
+    when: Callable[[Any], bool] | None = None
+    unless_set: tuple[str, ...] = ()
+
+    def applies(self, cfg: Any, given: set[str]) -> bool:
+        if self.key in given or any(k in given for k in self.unless_set):
+            return False
+        return self.when is None or bool(self.when(cfg))
+
+    def value_for(self, cfg: Any) -> Any:
+        return self.value(cfg) if callable(self.value) else self.value
+
+
+def from_scratch(cfg: Any) -> bool:
+    """A randomly initialised model (``model.config`` without pretrained weights)."""
+    return bool(cfg.model.config and not cfg.model.name_or_path)
+
+
 class Task:
     #: canonical name, used in recipes and ``--task``
     name: str = ""
@@ -65,11 +99,12 @@ class Task:
     head_modules: tuple[str, ...] = ()
     #: a causal LM that ``generate``/``chat`` and ``serve``'s completions can drive
     generative: bool = False
+    #: generic defaults this task changes (see :class:`Default`)
+    defaults: tuple[Default, ...] = ()
+    #: what caps ``data.max_length`` (see :func:`sequence_limit`): "tokenizer" or "positions"
+    sequence_cap: str = "tokenizer"
 
     # ---- config time (torch-free) -------------------------------------------------------
-    def apply_defaults(self, cfg: RunConfig, tree: dict) -> None:
-        """Adjust generic defaults the recipe did not set (``tree`` is the raw merged dict)."""
-
     def validate(self, cfg: RunConfig) -> list[str]:
         """Cross-field problems specific to this task (messages name the key)."""
         return []
@@ -93,7 +128,7 @@ class Task:
 
     def load_trained_model(self, ctx: RunContext) -> Any:
         """Load a model saved by llmtune (or any compatible checkpoint) for evaluation."""
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         model = load_model(ctx, self.auto_model)
         if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
@@ -123,7 +158,7 @@ class Task:
         raise NotImplementedError
 
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         return load_model(ctx, self.auto_model)
 
@@ -256,11 +291,9 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
     for col in required:
         if col and col not in ds.column_names:
             raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(ds.column_names)}")
-    from llmtune.datacache import function_parts, map_fingerprint, run_parts
-
     # The cache key: what the rows depend on, not the whole run (see llmtune.datacache).
     fingerprint = map_fingerprint(
-        ds, ctx.tokenizer, (encode.__module__,), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
+        ds, ctx.tokenizer, task_code(encode.__module__), run=run_parts(ctx), fn=function_parts(encode), kwargs=kwargs
     )
     if fingerprint is not None:
         kwargs["new_fingerprint"] = fingerprint
@@ -272,3 +305,104 @@ def tokenize_split(ctx: RunContext, ds: Any, split: str, encode: Any, required: 
         desc=f"tokenizing {split}",
         **kwargs,
     )
+
+
+def sequence_limit(ctx: RunContext, requested: int | None = None, cap: str = "positions") -> int:
+    """The longest sequence a task encodes: ``requested`` (default ``data.max_length``) capped by
+    the model. The one rule every task's truncation goes through; ``cap`` is the task's
+    :attr:`Task.sequence_cap`:
+
+    - ``"positions"`` (sft, dpo): up to the model's positions, with one run warning when cut. The
+      tokenizer's ``model_max_length`` applies only when the positions are unknown: an explicit
+      ``data.max_length`` above it is honoured, as ``tokenizer(..., max_length=N)`` itself does, and
+      as ``--block-size`` is for pretraining (llmtune's built-in tokenizers say 512 while the
+      ``llama-tiny`` preset takes 1024). Resolved once per run (``ctx.state``), so the data and the
+      eval batch sizing use the same limit.
+    - ``"tokenizer"`` (encoder and encoder-decoder tasks): up to the tokenizer's
+      ``model_max_length``, silently, as the tokenizer would cut.
+    """
+    from llmtune.modeling import max_positions, tokenizer_max_length
+
+    if cap == "tokenizer":
+        wanted = int(ctx.cfg.data.max_length if requested is None else requested)
+        return min(wanted, tokenizer_max_length(ctx.tokenizer))
+    if requested is None and "sequence_limit" in ctx.state:
+        return ctx.state["sequence_limit"]
+    from llmtune.loading import run_model_config
+
+    wanted = int(ctx.cfg.data.max_length if requested is None else requested)
+    config = run_model_config(ctx)
+    positions = max_positions(config) if config is not None else None
+    limit = positions if positions is not None else tokenizer_max_length(ctx.tokenizer)
+    if wanted > limit:
+        where = "the model's positions" if positions is not None else "the tokenizer's model_max_length"
+        ctx.warnings.append(f"data.max_length={wanted} is above {where} ({limit}): sequences are cut at {limit} tokens")
+    if requested is None:
+        ctx.state["sequence_limit"] = min(wanted, limit)
+    return min(wanted, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run-context half of a tokenized cache's key (llmtune.datacache hashes it)
+
+# Fields of the model section that cannot change tokenized rows.
+MODEL_FIELDS_IGNORED = ("attn_implementation",)
+
+
+def task_code(module: str) -> tuple[str, ...]:
+    """The modules whose source shapes a task's tokenized rows: this one, the shared task helpers
+    and the whole package of the task that ``module`` belongs to."""
+    parts = module.split(".")
+    owner = ".".join(parts[:3]) if module.startswith("llmtune.tasks.") and len(parts) > 3 else module
+    return (__name__, "llmtune.tasks.common", owner)
+
+
+def run_parts(ctx: Any) -> dict:
+    """The parts of a run context that may shape tokenized rows: task, data and task options,
+    the model section (minus runtime-only fields), picked columns and task state."""
+    cfg = ctx.cfg
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in MODEL_FIELDS_IGNORED}
+    state = {k: v for k, v in ctx.state.items() if k != "performance"}
+    return {
+        "task": cfg.task,
+        "training": ctx.training,
+        "data": cfg.data,
+        "options": cfg.options,
+        "model": model,
+        "columns": ctx.columns,
+        "state": state,
+    }
+
+
+def function_parts(fn: Any, depth: int = 0) -> Any:
+    """A stable description of an encode function's inputs besides the dataset: its name, default
+    arguments and closure variables. The run context, the tokenizer and the task object are
+    represented by :func:`run_parts`, :func:`tokenizer_fingerprint` and the source hash instead
+    of being pickled; nested helper functions are described the same way."""
+
+    def part(value: Any) -> Any:
+        if isinstance(value, RunContext):
+            return "<run context>"
+        if isinstance(value, Task):
+            return f"<task {type(value).__name__}>"
+        if hasattr(value, "backend_tokenizer") or hasattr(value, "convert_tokens_to_ids"):
+            return f"<tokenizer {tokenizer_fingerprint(value)}>"
+        if callable(value) and hasattr(value, "__code__") and depth < 4:
+            return function_parts(value, depth + 1)
+        return stable(value)
+
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return stable(fn)
+    cells = {}
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            cells[name] = part(cell.cell_contents)
+        except ValueError:  # an empty cell
+            cells[name] = None
+    return {
+        "name": fn.__qualname__,
+        "defaults": [part(v) for v in fn.__defaults__ or ()],
+        "kwdefaults": {k: part(v) for k, v in (fn.__kwdefaults__ or {}).items()},
+        "cells": cells,
+    }

@@ -19,8 +19,7 @@ from typing import Any
 
 from llmtune.config import bounded, choice
 from llmtune.errors import LlmtuneError
-from llmtune.modeling import tokenizer_max_length
-from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
+from llmtune.tasks.base import RunContext, Task, require_content, sequence_limit, tokenize_split
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 LABEL_COLUMNS = ("label", "labels")
@@ -263,7 +262,7 @@ class ClassificationTask(Task):
         # trained on "negative"/"positive" scored on 0/1 data) an integer is taken as the id.
         numeric_ids = not all(n.lstrip("-").isdigit() for n in names)
         to_id = self._label_lookup(names, numeric_ids)
-        tokenizer, max_length = ctx.tokenizer, min(cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        tokenizer, max_length = ctx.tokenizer, sequence_limit(ctx, cap=self.sequence_cap)
 
         def unknown(value: Any, split: str) -> LlmtuneError:
             return LlmtuneError(
@@ -320,7 +319,7 @@ class ClassificationTask(Task):
 
     # ---- model ------------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         names = ctx.state["output_names"]
         problem = ctx.state["problem_type"]
@@ -421,7 +420,7 @@ class ClassificationTask(Task):
         cols = ctx.columns
         texts = [_as_text(r.get(cols["text"])) for r in rows]
         pairs = [_as_text(r.get(cols["text_pair"])) for r in rows] if cols.get("text_pair") else None
-        max_length = min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
         enc = ctx.tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         logits = ctx.model(**encode_device(ctx, enc)).logits.float().cpu().numpy()
         scores = self._scores(ctx, logits)

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError, one_line
-from llmtune.modeling import tokenizer_max_length
 from llmtune.tasks.base import (
     RunContext,
     Task,
     predict_outputs,
     require_content,
     require_fast_tokenizer,
+    sequence_limit,
     tokenize_split,
 )
 
@@ -264,7 +264,7 @@ class NerTask(Task):
         cont = continuation_ids(names)
         label_all = cfg.options.label_all_tokens
         tokenizer = ctx.tokenizer
-        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
 
         out = {}
         for split, ds in raw.items():
@@ -313,7 +313,7 @@ class NerTask(Task):
 
     # ---- model -----------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         names = ctx.state["label_names"]
         return load_model(
@@ -410,7 +410,7 @@ class NerTask(Task):
             texts.append(text)
             spans.append(offsets)
         words = [[t[a:b] for a, b in offs] for t, offs in zip(texts, spans, strict=True)]
-        max_length = min(ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
         enc = ctx.tokenizer(
             words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )

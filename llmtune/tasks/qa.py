@@ -25,13 +25,14 @@ from typing import Any
 
 from llmtune.config import bounded
 from llmtune.errors import LlmtuneError
-from llmtune.modeling import tokenizer_max_length
 from llmtune.tasks.base import (
+    Default,
     RunContext,
     Task,
     predict_outputs,
     require_content,
     require_fast_tokenizer,
+    sequence_limit,
     tokenize_split,
 )
 
@@ -292,12 +293,10 @@ class QaTask(Task):
     greater_is_better = True
     pipeline_tag = "question-answering"
 
-    def apply_defaults(self, cfg: Any, tree: dict) -> None:
-        if "max_length" not in (tree.get("data") or {}):
-            cfg.data.max_length = 384  # the usual SQuAD window
-        if "group_by_length" not in (tree.get("train") or {}):
-            # Windows are padded to max_length: grouping by length saves nothing, only reorders.
-            cfg.train.group_by_length = False
+    defaults = (
+        Default("data.max_length", 384, "the usual SQuAD window"),
+        Default("train.group_by_length", False, "windows are padded to max_length: grouping by length only reorders"),
+    )
 
     def validate(self, cfg: Any) -> list[str]:
         o = cfg.options
@@ -351,10 +350,10 @@ class QaTask(Task):
         return out
 
     def _features(self, ctx: RunContext, ds: Any, split: str) -> Any:
-        cfg, o = ctx.cfg, ctx.cfg.options
+        o = ctx.cfg.options
         tokenizer = ctx.tokenizer
         pad_right = tokenizer.padding_side == "right"
-        max_length = min(cfg.data.max_length, tokenizer_max_length(tokenizer))
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
         stride = min(o.doc_stride, max_length // 2)
         q_col, c_col, a_col = o.question_column, o.context_column, o.answers_column
         context_id = 1 if pad_right else 0

@@ -24,7 +24,7 @@ from typing import Any
 
 from llmtune.config import bounded
 from llmtune.errors import LlmtuneError, one_line
-from llmtune.tasks.base import RunContext, Task, predict_outputs, require_content, tokenize_split
+from llmtune.tasks.base import RunContext, Task, predict_outputs, require_content, sequence_limit, tokenize_split
 
 SUMMARY_SOURCES = ("document", "dialogue", "article", "text", "content", "source", "input")
 SUMMARY_TARGETS = ("summary", "highlights", "abstract", "target", "output")
@@ -136,16 +136,13 @@ class Seq2SeqTask(Task):
         return src, tgt
 
     def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
-        from llmtune.modeling import tokenizer_max_length
-
-        cfg, opts, tokenizer = ctx.cfg, ctx.cfg.options, ctx.tokenizer
+        opts, tokenizer = ctx.cfg.options, ctx.tokenizer
         first = raw["train"] if "train" in raw else raw["validation"]
         src_col, tgt_col = self._columns(ctx, first)
         ctx.columns = {"source": src_col, "target": tgt_col}
         prefix = opts.source_prefix or ""
-        limit = tokenizer_max_length(tokenizer)
-        max_source = min(opts.max_source_length or cfg.data.max_length, limit)
-        max_target = min(opts.max_target_length, limit)
+        max_source = sequence_limit(ctx, opts.max_source_length, cap=self.sequence_cap)
+        max_target = sequence_limit(ctx, opts.max_target_length, cap=self.sequence_cap)
 
         def encode(batch: dict) -> dict:
             sources = [prefix + (s or "") for s in batch[src_col]]
@@ -263,14 +260,13 @@ class Seq2SeqTask(Task):
     def predict_batch(self, ctx: RunContext, rows: list[dict], settings: Any) -> list[dict]:
         from llmtune.inference.generation import generate_texts
         from llmtune.inference.predict import greedy_settings
-        from llmtune.modeling import tokenizer_max_length
 
         opts = ctx.cfg.options
         sources = [str(r.get(ctx.columns["source"]) or "") for r in rows]
         gen = settings.generation or greedy_settings(
             settings.max_new_tokens or ctx.model.generation_config.max_new_tokens or opts.max_target_length
         )
-        limit = min(opts.max_source_length or ctx.cfg.data.max_length, tokenizer_max_length(ctx.tokenizer))
+        limit = sequence_limit(ctx, opts.max_source_length, cap=self.sequence_cap)
         prompts = [(opts.source_prefix or "") + s for s in sources]
         run = generate_texts(
             ctx.model, ctx.tokenizer, prompts, gen, batch_size=len(prompts), add_special_tokens=True,
