@@ -27,6 +27,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check llmtune tests benchmarks
 	$(BIN)/ruff format --check llmtune tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix llmtune tests benchmarks
