@@ -916,9 +916,9 @@ def audiofolder_splits(folder: Path) -> dict[str, Path] | None:
 
 
 def load_metadata(files: dict[str, Path], streaming: bool) -> Any:
-    from llmtune.data import _load_files
+    from llmtune.data import load_files
 
-    return _load_files({split: [path] for split, path in files.items()}, streaming, None)
+    return load_files({split: [path] for split, path in files.items()}, streaming, None)
 
 
 def _source_split(split: str, data: Any, folders: dict[str, Path]) -> str:
