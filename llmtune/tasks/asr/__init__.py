@@ -34,7 +34,18 @@ Scores: corpus-level WER and CER (:mod:`llmtune.metrics.asr`) after ``options.no
 in training-time evaluation and ``llmtune eval``. ``predictions.jsonl`` holds the audio path,
 reference, hypothesis and per-utterance WER.
 
-Module level stays torch-free.
+Modules, by role (module level stays torch-free in all of them):
+
+- :mod:`~llmtune.tasks.asr.task`: the ``asr`` task's hooks (``AsrTask``).
+- :mod:`~llmtune.tasks.asr.options`: ``options.*`` of an asr run (``AsrOptions``).
+- :mod:`~llmtune.tasks.asr.model`: the model family (CTC or encoder-decoder), from-scratch model
+  types, feature-encoder freezing, greedy CTC ids.
+- :mod:`~llmtune.tasks.asr.processor`: feature extractor, tokenizer and processor: loaded from the
+  model, or built (vocabulary from the transcriptions, feature extractor for the data's rate).
+- :mod:`~llmtune.tasks.asr.features`: clip encoding (decode, duration filter, features, labels) and
+  the padding collator.
+- :mod:`~llmtune.tasks.asr.audio_data`: audiofolder layouts, audio and transcription columns, audio
+  paths, streaming-aware dataset helpers.
 """
 
 from __future__ import annotations
