@@ -167,7 +167,16 @@ def diagnose_file(path: Path) -> str | None:
     return None
 
 
-def _load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: str | None, reader: Any = None) -> Any:
+def load_files(files: dict[str, list[Path]], streaming: bool, text_sample_by: str | None, reader: Any = None) -> Any:
+    """Load local files, by split, as a ``DatasetDict`` (an ``IterableDatasetDict`` when ``streaming``).
+
+    ``files`` maps a split name to its files, all of one format (csv, tsv, json, jsonl, parquet,
+    txt; see ``FORMATS``), concatenated in order. ``text_sample_by`` is passed to the ``text``
+    builder as ``sample_by`` (``"stream"``: one row per line, line breaks kept). ``reader(path) ->
+    Dataset | None`` parses files in a task's own format (None: the standard loaders read it).
+    Unreadable or malformed files raise :class:`LlmtuneError` naming the file. No splits are
+    carved or renamed here (see :func:`arrange_splits`).
+    """
     from datasets import DatasetDict, IterableDatasetDict, concatenate_datasets, load_dataset
 
     splits = {}
@@ -243,10 +252,10 @@ def load_raw(
                 f"dataset folder {path} has no train/validation/test files "
                 f"(expected names like train.csv, validation.jsonl, test.tsv)"
             )
-        raw = _load_files(files, data.streaming, text_sample_by, reader)
+        raw = load_files(files, data.streaming, text_sample_by, reader)
     elif path.is_file() or is_local_spec(spec):
         check_local_file(path, any_extension=reader is not None)
-        raw = _load_files({"train": [path]}, data.streaming, text_sample_by, reader)
+        raw = load_files({"train": [path]}, data.streaming, text_sample_by, reader)
     else:
         raw = _load_hub(spec, data)
     return arrange_splits(raw, data, seed, carve_validation, source=spec)

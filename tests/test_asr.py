@@ -72,7 +72,7 @@ def test_normalisation_modes():
 
 
 def test_scratch_log_mel_models_run_at_16_khz_or_more():
-    from llmtune.tasks.asr import build_feature_extractor, scratch_rate
+    from llmtune.tasks.asr.processor import build_feature_extractor, scratch_rate
 
     # 160-sample frames: 10 ms at 16 kHz, two per 20 ms model step; 8 kHz audio is resampled up
     assert scratch_rate("wav2vec2-bert", 8000) == 16000
@@ -120,7 +120,7 @@ def tiny_ctc_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
 
-    from llmtune.tasks.asr import TargetText, build_ctc_tokenizer
+    from llmtune.tasks.asr.processor import TargetText, build_ctc_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-w2v2")
     tok = build_ctc_tokenizer(WORDS, TargetText("", lowercase=True))

@@ -1,107 +1,48 @@
-"""Speech recognition (``asr``): CTC models (wav2vec2, HuBERT, WavLM, Wav2Vec2-BERT...) and
-encoder-decoder models (Whisper, Speech2Text...), fine-tuned or a small CTC model from scratch.
-
-Family: read from the model config. Types in transformers' CTC mapping load with
-``AutoModelForCTC``, types in its speech seq2seq mapping with ``AutoModelForSpeechSeq2Seq``.
-
-- CTC: labels are the characters of the transcription (``Wav2Vec2CTCTokenizer``; the space becomes
-  the word delimiter ``|``, the pad token is the CTC blank). When the model ships no tokenizer (a
-  pretraining checkpoint such as ``facebook/wav2vec2-base``) or starts from scratch, the vocabulary
-  is built from the transcriptions (``<pad>``, ``<unk>``, ``|`` and every character seen), after
-  ``options.lowercase`` / ``options.chars_to_ignore``. The CTC loss is averaged per utterance
-  (``ctc_loss_reduction: mean``), so gradient accumulation and multi-process runs equal one large
-  batch. Evaluation decodes greedily (argmax, repeats merged, blanks dropped), frames past each
-  clip's end masked out.
-- Encoder-decoder: labels are the tokenizer's ids; Whisper gets its ``<|lang|><|transcribe|>
-  <|notimestamps|>`` prefix (``options.language``, ``options.whisper_task``), and the generation
-  settings (``num_beams``, ``max_new_tokens``, language, task, no timestamps) are stored in the
-  model's generation config, so the saved model transcribes the same way in ``pipeline``.
-- From scratch: ``model.config`` names a speech preset (``ctc-tiny``, ``ctc-small``; see
-  :mod:`llmtune.presets`) or a config.json of a CTC model type; the feature extractor is built for
-  the data's sample rate (that of the first training clip, at least 16 kHz for the log-mel presets,
-  or ``options.sampling_rate``).
-
-Data: an audiofolder layout (a folder with ``metadata.csv``/``metadata.jsonl`` holding
-``file_name`` and a transcription column, or ``train/``, ``validation/``, ``test/`` subfolders each
-with one), csv/jsonl/parquet files with a column of audio paths (relative to the file), or Hub
-datasets with an ``Audio`` column; streaming too. Audio is decoded by :mod:`llmtune.audio`
-(soundfile), mixed to mono and resampled to the feature extractor's rate. Clips outside
-``options.min_duration_s`` .. ``options.max_duration_s`` are dropped and counted; an empty
-transcription, a missing or unreadable audio file, a clip longer than the model takes, or
-characters outside a fixed vocabulary stop the run with one line naming the file.
-
-Scores: corpus-level WER and CER (:mod:`llmtune.metrics.asr`) after ``options.normalize``, the same
-in training-time evaluation and ``llmtune eval``. ``predictions.jsonl`` holds the audio path,
-reference, hypothesis and per-utterance WER.
-
-Module level stays torch-free.
+"""The ``asr`` task: hooks for CTC and encoder-decoder (Whisper) speech recognition models (see
+:mod:`llmtune.tasks.asr`). Module level stays torch-free.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.metrics.asr import NORMALIZERS
+from llmtune.tasks.asr.audio_data import (
+    AUDIO_COLUMNS,
+    TEXT_COLUMNS,
+    absolute_audio,
+    all_texts,
+    audiofolder_splits,
+    first_rate,
+    is_streaming,
+    load_metadata,
+    map_dataset,
+    source_split,
+)
+from llmtune.tasks.asr.features import ClipEncoder, SpeechCollator
+from llmtune.tasks.asr.model import SCRATCH_TYPES, ctc_frame_ids, freeze_feature_encoder, model_family
+from llmtune.tasks.asr.options import WHISPER_TASKS, AsrOptions
+from llmtune.tasks.asr.processor import (
+    DELIMITER,
+    PAD,
+    TargetText,
+    build_ctc_tokenizer,
+    build_feature_extractor,
+    input_name,
+    load_feature_extractor,
+    load_model_tokenizer,
+    make_processor,
+    mask_kwargs,
+    model_max_seconds,
+    scratch_rate,
+)
 from llmtune.tasks.base import RunContext, Task, predict_outputs
 
-AUDIO_COLUMNS = ("audio", "file_name", "file", "path", "audio_path", "audio_file", "filename", "wav")
-TEXT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text", "raw_transcription")
-METADATA_FILES = ("metadata.csv", "metadata.jsonl")
-WHISPER_TASKS = ("transcribe", "translate")
-# Special tokens of a vocabulary built from the data: CTC blank (= padding), unknown, word delimiter.
-PAD, UNK, DELIMITER = "<pad>", "<unk>", "|"
 # Rows per batched decoding map call: bounds the memory held by decoded audio.
 MAP_BATCH = 32
-
-
-@dataclass
-class AsrOptions:
-    # Column holding the audio (file paths or a Hub Audio feature); None = auto-detect
-    # (audio, file_name, file, path, ...). Transcriptions: data.text_column (auto: transcription,
-    # text, sentence, ...).
-    audio_column: str | None = None
-    # From scratch: the model's sample rate; None = that of the first training clip, at least 16 kHz
-    # for wav2vec2-bert (see scratch_rate). A pretrained feature extractor keeps its own rate
-    # (every clip is resampled to it).
-    sampling_rate: int | None = None
-    # Text normalisation before WER/CER: none | lower | basic (lowercase, no punctuation).
-    normalize: str = "basic"
-    # CTC targets: lowercase transcriptions first; None = yes when the vocabulary is built from
-    # the data, no with a tokenizer that ships with the model.
-    lowercase: bool | None = None
-    # Characters removed from transcriptions before training (e.g. ",?.!;:"), as in the
-    # transformers CTC example's --chars_to_ignore.
-    chars_to_ignore: str = ""
-    # Clips shorter / longer than these (seconds) are dropped and counted (None: no upper bound
-    # but the model's own limit).
-    min_duration_s: float = 0.0
-    max_duration_s: float | None = None
-    # Extra training copies of every clip at these speeds (e.g. [0.9, 1.1]), Kaldi-style speed
-    # perturbation: pitch and tempo change together, which helps on unseen speakers.
-    speed_perturbation: list[float] = field(default_factory=list)
-    # wav2vec2-style models: keep the convolutional waveform encoder fixed.
-    freeze_feature_encoder: bool = False
-    # SpecAugment, LayerDrop and CTC settings written into the model config; None keeps the
-    # model config's value.
-    mask_time_prob: float | None = None
-    mask_time_length: int | None = None
-    mask_feature_prob: float | None = None
-    mask_feature_length: int | None = None
-    layerdrop: float | None = None
-    ctc_zero_infinity: bool = True
-    # Encoder-decoder models: language of the transcriptions (e.g. en, or english) and task.
-    language: str | None = None
-    whisper_task: str = "transcribe"
-    # Generation (encoder-decoder evaluation and the saved generation config).
-    num_beams: int = 1
-    max_new_tokens: int = 128
 
 
 class AsrTask(Task):
@@ -203,9 +144,9 @@ class AsrTask(Task):
         scratch = ctx.training and bool(m.config)
         source = None if scratch else (m.name_or_path if ctx.training else ctx.model_path)
         tok_source = m.tokenizer if ctx.training and m.tokenizer else source
-        feature_extractor = _load_feature_extractor(source) if source else None
+        feature_extractor = load_feature_extractor(source) if source else None
         tokenizer = (
-            _load_tokenizer(tok_source, required=family == "seq2seq" or not ctx.training) if tok_source else None
+            load_model_tokenizer(tok_source, required=family == "seq2seq" or not ctx.training) if tok_source else None
         )
         if family == "seq2seq":
             if scratch:
@@ -251,7 +192,7 @@ class AsrTask(Task):
         if folders:
             raw = load_metadata(folders, cfg.data.streaming)
             raw = arrange_splits(raw, cfg.data, cfg.train.seed, ctx.training, source=spec)
-            bases = {split: folders[_source_split(split, cfg.data, folders)].parent for split in raw}
+            bases = {split: folders[source_split(split, cfg.data, folders)].parent for split in raw}
         else:
             raw = load_raw(cfg.data, seed=cfg.train.seed, carve_validation=ctx.training)
             local = path.exists()
@@ -275,11 +216,11 @@ class AsrTask(Task):
         text_col = pick_column(first, cfg.data.text_column, TEXT_COLUMNS, "transcription", "data.text_column")
         ctx.columns = {"audio": audio_col, "transcription": text_col}
         family = ctx.state["family"]
-        streaming = _is_streaming(first)
+        streaming = is_streaming(first)
 
         fe = ctx.state["feature_extractor"]
         if fe is None:  # from scratch: a feature extractor for the data's sample rate
-            rate = o.sampling_rate or scratch_rate(ctx.state["model_type"], _first_rate(first, audio_col))
+            rate = o.sampling_rate or scratch_rate(ctx.state["model_type"], first_rate(first, audio_col))
             fe = build_feature_extractor(ctx.state["model_type"], rate)
             ctx.state["feature_extractor"] = fe
         elif o.sampling_rate and o.sampling_rate != fe.sampling_rate:
@@ -294,7 +235,7 @@ class AsrTask(Task):
         if family == "ctc":
             ctx.state["text_transform"] = TargetText(o.chars_to_ignore, lowercase)
             if built_vocab:
-                texts = _all_texts(raw, text_col)
+                texts = all_texts(raw, text_col)
                 tok = build_ctc_tokenizer(texts, ctx.state["text_transform"])
                 ctx.state["text_tokenizer"] = tok
             else:
@@ -313,7 +254,7 @@ class AsrTask(Task):
                 if col not in column_names(ds):
                     raise LlmtuneError(f"split '{split}' has no column '{col}'; columns: {', '.join(column_names(ds))}")
             speeds = list(o.speed_perturbation) if split == "train" and ctx.training else []
-            encoded = _map(
+            encoded = map_dataset(
                 ds,
                 lambda batch, _s=split, _sp=speeds: encoder(batch, _s, _sp),
                 batched=True,
@@ -564,7 +505,7 @@ class AsrTask(Task):
         model.eval()
         for start in range(0, len(sources), batch_size):
             clips = [load_audio(s, rate)[0] for s in sources[start : start + batch_size]]
-            feats = fe(clips, sampling_rate=rate, return_tensors="pt", padding=True, **_mask_kwargs(fe))
+            feats = fe(clips, sampling_rate=rate, return_tensors="pt", padding=True, **mask_kwargs(fe))
             inputs = {k: v.to(device) for k, v in feats.items() if k in (name, "attention_mask")}
             with torch.no_grad():
                 if ctx.state["family"] == "ctc":
@@ -576,419 +517,5 @@ class AsrTask(Task):
         return texts
 
 
-TASKS = [AsrTask()]
-
-# Model types a size preset / config.json may name for training from scratch (CTC).
-SCRATCH_TYPES = ("wav2vec2-bert", "wav2vec2", "wav2vec2-conformer", "hubert", "wavlm")
-
-
-# =============================================================================================
-# helpers (module functions so tests, benchmarks and other commands can call them directly)
-
-
-def model_family(config: Any) -> str:
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CTC_MAPPING_NAMES,
-        MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES,
-    )
-
-    if config.model_type in MODEL_FOR_CTC_MAPPING_NAMES:
-        return "ctc"
-    if config.model_type in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:
-        return "seq2seq"
-    raise LlmtuneError(
-        f"model type '{config.model_type}' is not a speech recognition model: use a CTC model (wav2vec2, HuBERT, "
-        f"WavLM, Wav2Vec2-BERT...) or an encoder-decoder one (Whisper, Speech2Text...)"
-    )
-
-
-def _load_feature_extractor(spec: str) -> Any:
-    from transformers import AutoFeatureExtractor
-
-    from llmtune.modeling import _hub_error, model_location
-
-    try:
-        return AutoFeatureExtractor.from_pretrained(model_location(spec))
-    except (OSError, ValueError) as exc:
-        if "preprocessor_config" in str(exc) or "feature extractor" in str(exc).lower():
-            return None
-        raise _hub_error("feature extractor", spec, exc) from exc
-
-
-def _load_tokenizer(spec: str, required: bool) -> Any:
-    """The model's tokenizer, or None when it ships none (a vocabulary is then built from data)."""
-    from transformers import AutoTokenizer
-
-    from llmtune.modeling import _hub_error, model_location
-
-    try:
-        return AutoTokenizer.from_pretrained(model_location(spec))
-    except Exception as exc:  # a wav2vec2 pretraining checkpoint has no vocab.json: TypeError/OSError
-        if required:
-            raise _hub_error("tokenizer", spec, exc) from exc
-        return None
-
-
-def make_processor(feature_extractor: Any, tokenizer: Any) -> Any:
-    """A processor bundling both (saved with the model; ``pipeline`` loads its parts)."""
-    import transformers
-
-    name = type(feature_extractor).__name__
-    for cls_name in PROCESSORS.get(name, ()):
-        cls = getattr(transformers, cls_name, None)
-        if cls is None:
-            continue
-        try:
-            return cls(feature_extractor=feature_extractor, tokenizer=tokenizer)
-        except (TypeError, ValueError):
-            continue
-    raise LlmtuneError(f"no processor pairs {name} with {type(tokenizer).__name__}")
-
-
-PROCESSORS = {
-    "SeamlessM4TFeatureExtractor": ("Wav2Vec2BertProcessor",),
-    "Wav2Vec2FeatureExtractor": ("Wav2Vec2Processor",),
-    "WhisperFeatureExtractor": ("WhisperProcessor",),
-    "Speech2TextFeatureExtractor": ("Speech2TextProcessor",),
-}
-
-
-def input_name(feature_extractor: Any) -> str:
-    names = getattr(feature_extractor, "model_input_names", None) or ["input_values"]
-    return names[0]
-
-
-def _mask_kwargs(fe: Any) -> dict:
-    return {"return_attention_mask": bool(getattr(fe, "return_attention_mask", False))}
-
-
-def scratch_rate(model_type: str, data_rate: int) -> int:
-    """The feature extractor's rate for a model trained from scratch on audio at ``data_rate``.
-
-    The log-mel frames of ``wav2vec2-bert`` are fixed in samples (25 ms every 10 ms at 16 kHz, two
-    stacked per model step), so audio below 16 kHz is resampled up to 16 kHz: at 8 kHz a model step
-    would last 40 ms, and a short word such as "three" would get too few steps for CTC to spell it
-    with its blanks (FSDD, unseen speaker: 34 % WER with 40 ms steps; BENCHMARKS.md). Stacking one
-    frame instead is no way out: transformers' SeamlessM4TFeatureExtractor returns an empty
-    attention mask for stride=1, which breaks ``pipeline()`` on the saved model. An explicit
-    ``options.sampling_rate`` is used as given.
-    """
-    return max(data_rate, 16000) if model_type == "wav2vec2-bert" else data_rate
-
-
-def build_feature_extractor(model_type: str, sampling_rate: int) -> Any:
-    """A feature extractor for a model trained from scratch at ``sampling_rate``."""
-    if model_type == "wav2vec2-bert":
-        from transformers import SeamlessM4TFeatureExtractor
-
-        # 80 log-mel filterbanks every 160 samples (10 ms at 16 kHz), normalised per utterance and
-        # mel bin, two frames stacked per model step (see scratch_rate for lower rates).
-        return SeamlessM4TFeatureExtractor(sampling_rate=sampling_rate, num_mel_bins=80, stride=2)
-    from transformers import Wav2Vec2FeatureExtractor
-
-    return Wav2Vec2FeatureExtractor(sampling_rate=sampling_rate, do_normalize=True, return_attention_mask=True)
-
-
-def model_max_seconds(feature_extractor: Any, config: Any) -> float | None:
-    """The longest clip the model takes (Whisper: its 30 s window); None when unbounded."""
-    chunk = getattr(feature_extractor, "chunk_length", None)
-    if chunk and type(feature_extractor).__name__ == "WhisperFeatureExtractor":
-        return float(chunk)
-    return None
-
-
-class TargetText:
-    """What a CTC model is trained to output: the transcription after ``chars_to_ignore`` and
-    lowercasing (or uppercasing, for a shipped vocabulary without lowercase letters)."""
-
-    def __init__(self, chars_to_ignore: str, lowercase: bool):
-        self.ignore = {ord(c): None for c in chars_to_ignore}
-        self.lowercase = lowercase
-        self.uppercase = False
-
-    def fit_case(self, tokenizer: Any) -> None:
-        letters = [t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalpha()]
-        if letters and not any(t.islower() for t in letters) and any(t.isupper() for t in letters):
-            self.uppercase, self.lowercase = True, False
-
-    def __call__(self, text: str) -> str:
-        text = " ".join(str(text).translate(self.ignore).split())
-        if self.uppercase:
-            return text.upper()
-        return text.lower() if self.lowercase else text
-
-
-def build_ctc_tokenizer(texts: list[str], transform: TargetText) -> Any:
-    """A ``Wav2Vec2CTCTokenizer`` over every character of ``texts`` (after ``transform``)."""
-    from transformers import Wav2Vec2CTCTokenizer
-
-    chars = sorted({ch for t in texts for ch in transform(t or "")} - {" "})
-    vocab = {PAD: 0, UNK: 1, DELIMITER: 2}
-    for ch in chars:
-        if ch not in vocab:
-            vocab[ch] = len(vocab)
-    with tempfile.TemporaryDirectory(prefix="llmtune-vocab-") as tmp:
-        path = Path(tmp) / "vocab.json"
-        path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        return Wav2Vec2CTCTokenizer(
-            str(path), unk_token=UNK, pad_token=PAD, word_delimiter_token=DELIMITER, bos_token=None, eos_token=None
-        )
-
-
-class ClipEncoder:
-    """Batched ``datasets.map`` function: decode, filter by duration, extract features, encode labels.
-
-    Rows outside the duration limits are kept with a ``drop_reason`` (and no features) so the
-    counts survive the datasets cache; ``prepare`` counts and filters them.
-    """
-
-    def __init__(
-        self,
-        fe: Any,
-        tokenizer: Any,
-        family: str,
-        text_col: str,
-        audio_col: str,
-        options: AsrOptions,
-        limit_s: float | None,
-        transform: TargetText | None,
-        max_label_tokens: int | None = None,
-    ):
-        self.fe, self.tok, self.family = fe, tokenizer, family
-        self.text_col, self.audio_col, self.o = text_col, audio_col, options
-        self.limit_s, self.transform = limit_s, transform
-        self.rate = int(fe.sampling_rate)
-        self.name = input_name(fe)
-        self.max_label_tokens = max_label_tokens
-        self.known = set(tokenizer.get_vocab()) if family == "ctc" else None
-        # Dropped rows carry placeholder features/labels of the right types (Arrow needs one
-        # type per column): the features of 0.2 s of silence and one pad id.
-        self.placeholder: Any = None
-
-    def _placeholder(self) -> Any:
-        import numpy as np
-
-        if self.placeholder is None:
-            silence = np.zeros(int(0.2 * self.rate), dtype=np.float32)
-            self.placeholder = self.fe(silence, sampling_rate=self.rate)[self.name][0]
-        return self.placeholder
-
-    def labels(self, text: str, where: str, split: str) -> list[int]:
-        if self.family == "ctc":
-            target = self.transform(text)
-            unknown = sorted({ch for ch in target if ch != " " and ch not in self.known})
-            if unknown:
-                shown = "".join(unknown)
-                raise LlmtuneError(
-                    f"transcription of {where} (split '{split}', column '{self.text_col}') has characters outside "
-                    f"the model's vocabulary: {' '.join(repr(c) for c in unknown)}; remove them from the data or "
-                    f"with --set options.chars_to_ignore='{shown}'"
-                )
-            return self.tok(target).input_ids
-        ids = self.tok(text).input_ids
-        if self.max_label_tokens and len(ids) > self.max_label_tokens:
-            raise LlmtuneError(
-                f"transcription of {where} (split '{split}') is {len(ids)} tokens, more than the model's "
-                f"{self.max_label_tokens}: shorten or split the clip"
-            )
-        return ids
-
-    def __call__(self, batch: dict, split: str, speeds: list[float]) -> dict:
-        from llmtune.audio import describe, load_audio, resample
-
-        o = self.o
-        out: dict[str, list] = {self.name: [], "labels": [], "length": [], "audio_path": [], "reference": []}
-        out["drop_reason"] = []
-        for source, text in zip(batch[self.audio_col], batch[self.text_col], strict=True):
-            where = describe(source)
-            if text is None or not str(text).strip():
-                raise LlmtuneError(
-                    f"empty transcription for {where} (split '{split}', column '{self.text_col}'): every clip needs "
-                    f"its text; remove the row or fill it in"
-                )
-            try:
-                samples, _ = load_audio(source, self.rate)
-            except LlmtuneError as exc:
-                raise LlmtuneError(f"split '{split}', column '{self.audio_col}': {exc}") from exc
-            seconds = len(samples) / self.rate
-            reason = ""
-            if seconds < o.min_duration_s:
-                reason = f"shorter than {o.min_duration_s:g} s (options.min_duration_s)"
-            elif o.max_duration_s is not None and seconds > o.max_duration_s:
-                reason = f"longer than {o.max_duration_s:g} s (options.max_duration_s)"
-            elif self.limit_s is not None and seconds > self.limit_s:
-                raise LlmtuneError(
-                    f"clip {where} (split '{split}') lasts {seconds:.1f} s, longer than the {self.limit_s:g} s the "
-                    f"model takes: drop long clips with --set options.max_duration_s={self.limit_s:g}, or split them"
-                )
-            labels = self.labels(str(text), where, split) if not reason else [self.tok.pad_token_id or 0]
-            versions = [samples] if not reason else [None]
-            for factor in speeds if not reason else []:
-                # speed factor s: play s times faster = resample from rate to rate / s
-                ratio = Fraction(1 / factor).limit_denominator(100)
-                versions.append(resample(samples, ratio.denominator, ratio.numerator))
-            for clip in versions:
-                features = self._placeholder() if clip is None else self.fe(clip, sampling_rate=self.rate)[self.name][0]
-                out[self.name].append(features)
-                out["labels"].append(labels)
-                out["length"].append(len(features))
-                out["audio_path"].append(where)
-                out["reference"].append(str(text).strip())
-                out["drop_reason"].append(reason)
-        return out
-
-
-class SpeechCollator:
-    """Pads model inputs with the feature extractor (attention mask where the model wants one)
-    and labels with -100; for encoder-decoder labels, a leading decoder-start token is dropped
-    (the model prepends it when shifting labels right)."""
-
-    def __init__(self, fe: Any, tokenizer: Any, name: str, decoder_start_token_id: int | None = None):
-        self.fe, self.tok, self.name = fe, tokenizer, name
-        self.start = decoder_start_token_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        inputs = [{self.name: f[self.name]} for f in features]
-        batch = self.fe.pad(inputs, return_tensors="pt", **_mask_kwargs(self.fe))
-        if "labels" in features[0]:
-            longest = max(len(f["labels"]) for f in features)
-            labels = torch.full((len(features), longest), -100, dtype=torch.long)
-            for i, f in enumerate(features):
-                labels[i, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
-            if self.start is not None and len(labels) and bool((labels[:, 0] == self.start).all()):
-                labels = labels[:, 1:]
-            batch["labels"] = labels
-        return dict(batch)
-
-
-def freeze_feature_encoder(model: Any) -> None:
-    """Keep the convolutional front-end fixed: wav2vec2-style waveform encoders, Whisper's two
-    input convolutions."""
-    if hasattr(model, "freeze_feature_encoder"):
-        model.freeze_feature_encoder()
-        return
-    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
-    convs = [getattr(encoder, name) for name in ("conv1", "conv2") if hasattr(encoder, name)]
-    if not convs:
-        raise LlmtuneError(
-            f"options.freeze_feature_encoder: {type(model).__name__} has no convolutional feature encoder to "
-            f"freeze: set it to false"
-        )
-    for conv in convs:
-        for param in conv.parameters():
-            param.requires_grad = False
-
-
-def ctc_frame_ids(model: Any, inputs: dict, logits: Any) -> Any:
-    """Argmax ids per output frame, frames past each clip's end set to -100."""
-    import torch
-
-    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-    ids = logits.argmax(-1)
-    mask = inputs.get("attention_mask")
-    base = getattr(model, "module", model)
-    if mask is not None and hasattr(base, "_get_feat_extract_output_lengths"):
-        lengths = base._get_feat_extract_output_lengths(mask.sum(-1)).to(ids.device)
-        frames = torch.arange(ids.shape[1], device=ids.device)[None, :]
-        ids = ids.masked_fill(frames >= lengths[:, None], -100)
-    return ids
-
-
-# ---- data layout ----------------------------------------------------------------------------
-
-
-def audiofolder_splits(folder: Path) -> dict[str, Path] | None:
-    """Metadata files of an audiofolder layout, by split, or None when ``folder`` is not one."""
-    from llmtune.data import SPLIT_ALIASES
-
-    for name in METADATA_FILES:
-        if (folder / name).is_file():
-            return {"train": folder / name}
-    found: dict[str, Path] = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        split = SPLIT_ALIASES.get(sub.name.lower())
-        meta = next((sub / n for n in METADATA_FILES if (sub / n).is_file()), None)
-        if split and meta is not None:
-            found.setdefault(split, meta)
-    return found or None
-
-
-def load_metadata(files: dict[str, Path], streaming: bool) -> Any:
-    from llmtune.data import _load_files
-
-    return _load_files({split: [path] for split, path in files.items()}, streaming, None)
-
-
-def _source_split(split: str, data: Any, folders: dict[str, Path]) -> str:
-    """Which metadata file a split came from (a carved validation split comes from train)."""
-    if split in folders:
-        return split
-    return "train"
-
-
-def absolute_audio(ds: Any, audio_col: str, base: Path | None) -> Any:
-    """Audio values as sources :func:`llmtune.audio.load_audio` reads: paths made absolute
-    (relative to the metadata/data file), Hub ``Audio`` columns kept undecoded (bytes + path)."""
-    feature = (ds.features or {}).get(audio_col) if ds.features is not None else None
-    if feature is not None and type(feature).__name__ == "Audio":
-        from datasets import Audio
-
-        return ds.cast_column(audio_col, Audio(decode=False))
-    if base is None:
-        return ds
-
-    def resolve(batch: dict) -> dict:
-        values = []
-        for value in batch[audio_col]:
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                value = str(base / value)
-            values.append(value)
-        return {audio_col: values}
-
-    return _map(ds, resolve, batched=True, desc="resolving audio paths")
-
-
-def _first_rate(ds: Any, audio_col: str) -> int:
-    from llmtune.audio import audio_rate
-
-    row = next(iter(ds.select_columns([audio_col]).take(1) if _is_streaming(ds) else [ds[0]]))
-    source = row[audio_col]
-    try:
-        return audio_rate(source)
-    except LlmtuneError as exc:
-        raise LlmtuneError(f"column '{audio_col}': {exc}") from exc
-
-
-def _all_texts(raw: Any, text_col: str) -> list[str]:
-    from llmtune.data import column_names
-
-    texts: list[str] = []
-    for ds in raw.values():
-        if text_col not in column_names(ds):
-            continue
-        if _is_streaming(ds):
-            texts.extend(r[text_col] or "" for r in ds.select_columns([text_col]))
-        else:
-            texts.extend(t or "" for t in ds[text_col])
-    return texts
-
-
 def _dropped_text(counts: dict) -> str:
     return ", ".join(f"{n} clip(s) {reason}" for reason, n in sorted(counts.items()))
-
-
-def _is_streaming(ds: Any) -> bool:
-    from datasets import IterableDataset
-
-    return isinstance(ds, IterableDataset)
-
-
-def _map(ds: Any, fn: Any, **kwargs: Any) -> Any:
-    desc = kwargs.pop("desc", None)
-    num_proc = kwargs.pop("num_proc", None)
-    if _is_streaming(ds):
-        kwargs.pop("writer_batch_size", None)
-        return ds.map(fn, **kwargs)
-    return ds.map(fn, desc=desc, num_proc=num_proc, **kwargs)
