@@ -186,9 +186,9 @@ def load_model_config(
         try:
             config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
-            from llmtune.modeling import _hub_error
+            from llmtune.modeling import hub_error
 
-            raise _hub_error("model config", model, exc) from exc
+            raise hub_error("model config", model, exc) from exc
     else:
         prepare_hub_access(model_config)
         config = model_architecture(ModelArgs(config=model_config, trust_remote_code=trust_remote_code))

@@ -161,7 +161,7 @@ def check_folder(spec: str, location: str, needs: tuple[str, ...], flag: str = "
             raise LlmtuneError(problem)
 
 
-def _hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
+def hub_error(what: str, spec: str, exc: Exception) -> LlmtuneError:
     text = one_line(exc) if str(exc).strip() else type(exc).__name__
     folder = Path(str(resolve_location(spec))).expanduser()
     if folder.is_dir():
@@ -235,7 +235,7 @@ def load_tokenizer(spec: str, cfg_model: Any = None, **kwargs: Any) -> Any:
     except Exception as exc:  # OSError, ValueError, json / tokenizers (Rust) errors on corrupt files
         if not isinstance(exc, (OSError, ValueError)) and not Path(location).is_dir():
             raise
-        raise _hub_error("tokenizer", spec, exc) from exc
+        raise hub_error("tokenizer", spec, exc) from exc
 
 
 def load_config(spec: str, cfg_model: Any = None) -> Any:
@@ -246,7 +246,7 @@ def load_config(spec: str, cfg_model: Any = None) -> Any:
     try:
         return AutoConfig.from_pretrained(location, **hub_kwargs(cfg_model))
     except (OSError, ValueError) as exc:
-        raise _hub_error("model", spec, exc) from exc
+        raise hub_error("model", spec, exc) from exc
 
 
 def load_pretrained(
@@ -299,7 +299,7 @@ def load_pretrained(
             state["new_weights"] = sorted(info.get("missing_keys") or ())
         return model
     except OSError as exc:
-        raise _hub_error("model", spec, exc) from exc
+        raise hub_error("model", spec, exc) from exc
     except (ValueError, RuntimeError, TypeError) as exc:
         if quantization:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ast
 import pkgutil
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import llmtune
 

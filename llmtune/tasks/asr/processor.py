@@ -20,27 +20,27 @@ def load_feature_extractor(spec: str) -> Any:
     """The model's feature extractor, or None when it ships none (no preprocessor_config.json)."""
     from transformers import AutoFeatureExtractor
 
-    from llmtune.modeling import _hub_error, model_location
+    from llmtune.modeling import hub_error, model_location
 
     try:
         return AutoFeatureExtractor.from_pretrained(model_location(spec))
     except (OSError, ValueError) as exc:
         if "preprocessor_config" in str(exc) or "feature extractor" in str(exc).lower():
             return None
-        raise _hub_error("feature extractor", spec, exc) from exc
+        raise hub_error("feature extractor", spec, exc) from exc
 
 
 def load_model_tokenizer(spec: str, required: bool) -> Any:
     """The model's tokenizer, or None when it ships none (a vocabulary is then built from data)."""
     from transformers import AutoTokenizer
 
-    from llmtune.modeling import _hub_error, model_location
+    from llmtune.modeling import hub_error, model_location
 
     try:
         return AutoTokenizer.from_pretrained(model_location(spec))
     except Exception as exc:  # a wav2vec2 pretraining checkpoint has no vocab.json: TypeError/OSError
         if required:
-            raise _hub_error("tokenizer", spec, exc) from exc
+            raise hub_error("tokenizer", spec, exc) from exc
         return None
 
 

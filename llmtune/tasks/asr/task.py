@@ -39,7 +39,7 @@ from llmtune.tasks.asr.processor import (
     model_max_seconds,
     scratch_rate,
 )
-from llmtune.tasks.base import RunContext, Task, predict_outputs
+from llmtune.tasks.base import Default, RunContext, Task, from_scratch, predict_outputs
 
 # Rows per batched decoding map call: bounds the memory held by decoded audio.
 MAP_BATCH = 32
@@ -59,10 +59,7 @@ class AsrTask(Task):
     pipeline_tag = "automatic-speech-recognition"
 
     # ---- config time (torch-free) -------------------------------------------------------
-    def apply_defaults(self, cfg: Any, tree: dict) -> None:
-        train_keys = tree.get("train") or {}
-        if "learning_rate" not in train_keys and cfg.model.config and not cfg.model.name_or_path:
-            cfg.train.learning_rate = 1e-3  # random initialisation wants a larger step
+    defaults = (Default("train.learning_rate", 1e-3, "random initialisation wants a larger step", when=from_scratch),)
 
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.presets import get_preset, near_preset, preset_names
@@ -117,7 +114,7 @@ class AsrTask(Task):
     def _model_config(self, ctx: RunContext) -> Any:
         from transformers import AutoConfig
 
-        from llmtune.modeling import _hub_error, model_architecture, model_location
+        from llmtune.modeling import hub_error, model_architecture, model_location
 
         m = ctx.cfg.model
         if ctx.training and m.config:
@@ -131,7 +128,7 @@ class AsrTask(Task):
         try:
             return AutoConfig.from_pretrained(model_location(spec), trust_remote_code=m.trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise _hub_error("model", spec, exc) from exc
+            raise hub_error("model", spec, exc) from exc
 
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
         """Decide the family and load what the model ships (processor, or feature extractor and
@@ -313,7 +310,7 @@ class AsrTask(Task):
         import torch
         import transformers
 
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         config = ctx.state["model_config"]
         family = ctx.state["family"]
@@ -335,7 +332,7 @@ class AsrTask(Task):
         return model
 
     def load_trained_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import load_model
+        from llmtune.loading import load_model
 
         family = ctx.state["family"]
         model = load_model(ctx, "AutoModelForCTC" if family == "ctc" else "AutoModelForSpeechSeq2Seq")
