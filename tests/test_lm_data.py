@@ -210,7 +210,7 @@ def test_perplexity_is_token_weighted_not_batch_mean():
     import torch
     import torch.nn.functional as F
 
-    from llmtune.tasks.lm import row_nll_and_count, total_loss
+    from llmtune.tasks.common.lm_eval import row_nll_and_count, total_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)

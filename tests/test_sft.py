@@ -78,7 +78,8 @@ def test_multi_turn_trains_every_assistant_turn_only(chat_tok):
 
 
 def test_eos_appended_when_the_template_has_no_end_marker(chat_tok):
-    from llmtune.tasks.sft import CHAT_TEMPLATES, encode_conversation
+    from llmtune.tasks.common.chat import CHAT_TEMPLATES
+    from llmtune.tasks.sft import encode_conversation
 
     tok = chat_tok.__class__.from_pretrained(chat_tok.name_or_path)
     tok.chat_template = CHAT_TEMPLATES["plain"]
@@ -91,7 +92,7 @@ def test_eos_appended_when_the_template_has_no_end_marker(chat_tok):
 
 
 def test_fallback_chat_template_and_column_detection(chat_tok, tmp_path):
-    from llmtune.tasks.sft import CHAT_TEMPLATES
+    from llmtune.tasks.common.chat import CHAT_TEMPLATES
 
     plain_dir = tmp_path / "no-template"
     tok = chat_tok.__class__.from_pretrained(chat_tok.name_or_path)
@@ -114,7 +115,7 @@ def test_fallback_chat_template_and_column_detection(chat_tok, tmp_path):
 
 
 def test_sharegpt_messages_and_errors(chat_tok, tmp_path):
-    from llmtune.tasks.sft import normalize_messages
+    from llmtune.tasks.common.chat import normalize_messages
 
     got = normalize_messages([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}], "conversations")
     assert got == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

@@ -115,7 +115,7 @@ class DPOTask(Task):
     # ---- config -------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
-        from llmtune.tasks.sft import chat_template_problem
+        from llmtune.tasks.common.chat import chat_template_problem
 
         o, p = cfg.options, from_config_problems(cfg)
         if o.loss_type not in LOSS_TYPES:
@@ -150,7 +150,7 @@ class DPOTask(Task):
 
     # ---- tokenizer ----------------------------------------------------------------------------
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
-        from llmtune.tasks.sft import apply_chat_template_option
+        from llmtune.tasks.common.chat import apply_chat_template_option
 
         tokenizer = super().load_tokenizer(ctx, **kwargs)
         apply_chat_template_option(tokenizer, ctx.cfg.options.chat_template)
@@ -418,7 +418,7 @@ def is_hh(text: str) -> bool:
 
 def _messages(value: Any, column: str, plain_role: str | None) -> list[dict]:
     """A cell as messages: a message list, HH text, or (with ``plain_role``) one plain turn."""
-    from llmtune.tasks.sft import normalize_messages
+    from llmtune.tasks.common.chat import normalize_messages
 
     if isinstance(value, list):
         try:
@@ -487,7 +487,7 @@ def encode_pair(
 ) -> dict:
     """Token ids of the prompt (rendered with a generation prompt) and of each answer (the text the
     chat template adds for it, EOS appended when missing), cut to ``max_length`` per sequence."""
-    from llmtune.tasks.sft import _tokens, render
+    from llmtune.tasks.common.chat import render, segment_ids
 
     eos = tokenizer.eos_token_id
     prompt_text = render(tokenizer, prompt, add_generation_prompt=True)
@@ -499,11 +499,11 @@ def encode_pair(
                 "the chat template renders the prompt differently once an answer follows, so the answer cannot be "
                 "located: set options.chat_template (chatml or plain)"
             )
-        ids = _tokens(tokenizer, full[len(prompt_text) :])
+        ids = segment_ids(tokenizer, full[len(prompt_text) :])
         if eos not in ids:
             ids.append(eos)
         answers.append(ids)
-    prompt_ids = _tokens(tokenizer, prompt_text)
+    prompt_ids = segment_ids(tokenizer, prompt_text)
     longest = max(len(a) for a in answers)
     truncated = len(prompt_ids) + longest > max_length
     if truncated:

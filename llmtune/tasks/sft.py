@@ -33,48 +33,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.config import bounded
-from llmtune.errors import LlmtuneError, one_line
+from llmtune.errors import LlmtuneError
 from llmtune.inference.generation import END_OF_TURN, cut_at_end_of_turn, stop_token_ids  # noqa: F401 (re-exported)
 from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
+from llmtune.tasks.common.chat import (
+    apply_chat_template_option,
+    chat_template_problem,
+    normalize_messages,
+    render,
+    segment_ids,
+)
+from llmtune.tasks.common.lm_eval import generation_quality
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "query", "input")
 INPUT_COLUMNS = ("input", "context")
 RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
 MESSAGES_COLUMNS = ("messages", "conversations", "conversation")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-# Named chat templates for tokenizers without one (Jinja, as in tokenizer_config.json).
-CHAT_TEMPLATES = {
-    # ChatML (OpenAI, Qwen, SmolLM2): <|im_start|>role\ncontent<|im_end|>\n
-    "chatml": (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    ),
-    # No markup: every non-assistant turn is followed by a newline; the EOS appended to each
-    # answer ends it. For base models whose tokenizer lacks chat tokens.
-    "plain": (
-        "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ message['content'] }}"
-        "{% if not loop.last %}{{ '\\n' }}{% endif %}{% else %}{{ message['content'] + '\\n' }}{% endif %}{% endfor %}"
-    ),
-}
-
-
-def chat_template_problem(tpl: str | None) -> str | None:
-    """``options.chat_template`` must be a shipped template name or a Jinja string (sft, dpo)."""
-    if tpl is not None and tpl not in CHAT_TEMPLATES and "{{" not in tpl and "{%" not in tpl:
-        return f"options.chat_template '{tpl}' is neither a template name ({', '.join(CHAT_TEMPLATES)}) nor Jinja"
-    return None
-
-
-def apply_chat_template_option(tokenizer: Any, wanted: str | None) -> bool:
-    """Set ``options.chat_template`` on the tokenizer, or chatml when it has none (saved with the
-    model, so inference renders chats the same way). True when chatml was the fallback."""
-    if wanted is not None:
-        tokenizer.chat_template = CHAT_TEMPLATES.get(wanted, wanted)
-    elif not tokenizer.chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
-        return True
-    return False
 
 
 @dataclass
@@ -288,13 +262,13 @@ class SFTTask(Task):
     # ---- evaluation ---------------------------------------------------------------------------
     def training_args(self, ctx: RunContext) -> dict:
         from llmtune.modeling import sequence_limit
-        from llmtune.tasks.lm import lm_eval_batch_args
+        from llmtune.tasks.common.lm_eval import lm_eval_batch_args
 
         # Packed or padded, an eval batch holds at most batch x max_length tokens.
         return lm_eval_batch_args(ctx, sequence_limit(ctx))
 
     def eval_step(self, ctx: RunContext) -> Any:
-        from llmtune.tasks.lm import lm_eval_step
+        from llmtune.tasks.common.lm_eval import lm_eval_step
 
         # Two numbers per row ([summed NLL, tokens]) instead of [B, L, vocab] logits.
         return lm_eval_step(shift=True)
@@ -305,7 +279,7 @@ class SFTTask(Task):
         return None
 
     def compute_metrics(self, ctx: RunContext) -> Any:
-        from llmtune.tasks.lm import perplexity, total_loss
+        from llmtune.tasks.common.lm_eval import perplexity, total_loss
 
         def compute(eval_pred: Any) -> dict:
             loss, count = total_loss(eval_pred.predictions)
@@ -398,20 +372,6 @@ class SFTTask(Task):
         return {k: v for k, v in metrics.items() if k.split("_", 1)[-1] in keep or k.startswith("eval_gen_")}
 
 
-def generation_quality(records: list[dict], run: Any, options: Any) -> dict:
-    """eval_gen_* metrics: the generated answers scored against the references, and the speed."""
-    from llmtune.metrics.generation import score_generations
-
-    pairs = [(r["prediction"], r["reference"]) for r in records if r.get("reference") is not None]
-    scores = score_generations([p for p, _ in pairs], [r for _, r in pairs], options.eval_generation_metrics)
-    out = {f"eval_gen_{k}": v for k, v in scores.items()}
-    out["eval_gen_rows"] = len(pairs)
-    out["eval_gen_new_tokens"] = run.new_tokens
-    out["eval_gen_seconds"] = round(run.seconds, 3)
-    out["eval_gen_tokens_per_second"] = round(run.tokens_per_second, 2)
-    return out
-
-
 def num_samples(ctx: RunContext) -> int:
     """Generated answers to export: options.num_samples, else 16 on a GPU and none on CPU."""
     chosen = ctx.cfg.options.num_samples
@@ -424,37 +384,6 @@ def num_samples(ctx: RunContext) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # conversations -> token ids and labels
-
-
-def normalize_messages(value: Any, column: str) -> list[dict]:
-    """A messages cell as [{"role", "content"}], accepting ShareGPT's {"from", "value"}."""
-    if not isinstance(value, list) or not value:
-        raise LlmtuneError(f"column '{column}' must hold a non-empty list of messages, got {value!r:.80}")
-    out = []
-    for turn in value:
-        if not isinstance(turn, dict):
-            raise LlmtuneError(
-                f"column '{column}': a message must be a mapping with role and content, got {turn!r:.80}"
-            )
-        role = turn.get("role") or turn.get("from")
-        content = turn.get("content") if "content" in turn else turn.get("value")
-        role = SHAREGPT_ROLES.get(str(role).lower(), role) if role is not None else None
-        if not role:
-            raise LlmtuneError(f"column '{column}': message without a role: {turn!r:.80}")
-        out.append({"role": role, "content": "" if content is None else str(content)})
-    return out
-
-
-def render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as exc:  # jinja2 TemplateError (e.g. "roles must alternate") and friends
-        text = one_line(exc) if str(exc).strip() else type(exc).__name__
-        roles = "/".join(m["role"] for m in messages)
-        raise LlmtuneError(
-            f"the chat template cannot render a conversation with roles {roles or '(none)'}: {text}; "
-            f"fix the data or choose options.chat_template (chatml, plain)"
-        ) from exc
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
@@ -478,8 +407,8 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -
                 "the chat template does not render conversations prefix by prefix (earlier turns change when a "
                 "turn is added), so answers cannot be located: set options.chat_template (chatml or plain)"
             )
-        context = _tokens(tokenizer, prompt[len(done) :])
-        answer = _tokens(tokenizer, full[len(prompt) :])
+        context = segment_ids(tokenizer, prompt[len(done) :])
+        answer = segment_ids(tokenizer, full[len(prompt) :])
         if eos not in answer:
             answer.append(eos)
         ids += context + answer
@@ -488,10 +417,6 @@ def encode_conversation(tokenizer: Any, messages: list[dict], max_length: int) -
     if not ids:
         raise LlmtuneError("a conversation has no assistant message to learn from: every row needs an answer")
     return ids[:max_length], labels[:max_length]
-
-
-def _tokens(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 TASKS = [SFTTask()]
