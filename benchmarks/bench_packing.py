@@ -77,7 +77,7 @@ def useful_tokens_clm(data: Path, tok_dir: Path, block: int, layout: str) -> tup
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from llmtune.tasks.lm import pack_dataset
+    from llmtune.tasks.lm.data import pack_dataset
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     lines = (data / "train.txt").read_text(encoding="utf-8").splitlines()
