@@ -62,7 +62,7 @@ def useful_tokens_sft(data: Path, max_length: int) -> tuple[int, int]:
     from transformers import AutoTokenizer
 
     from llmtune.paths import resolve_location
-    from llmtune.tasks.sft import encode_conversation
+    from llmtune.tasks.sft.data import encode_conversation
 
     tok = AutoTokenizer.from_pretrained(resolve_location("builtin:tiny_chat_llama"))
     total = n = 0
@@ -77,7 +77,7 @@ def useful_tokens_clm(data: Path, tok_dir: Path, block: int, layout: str) -> tup
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from llmtune.tasks.lm import pack_dataset
+    from llmtune.tasks.lm.data import pack_dataset
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     lines = (data / "train.txt").read_text(encoding="utf-8").splitlines()

@@ -58,7 +58,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_split_pair_layouts():
-    from llmtune.tasks.dpo import parse_hh, split_pair
+    from llmtune.tasks.dpo.data import parse_hh, split_pair
 
     user = [{"role": "user", "content": "hi"}]
     assert split_pair("hi", "hello", "go away", COLS) == (user, "hello", "go away")
@@ -108,7 +108,7 @@ def test_split_pair_layouts():
     ],
 )
 def test_bad_pairs_are_classified(prompt, chosen, rejected, cols, kind, text):
-    from llmtune.tasks.dpo import BadPair, split_pair
+    from llmtune.tasks.dpo.data import BadPair, split_pair
 
     with pytest.raises(BadPair, match=re.escape(text)) as err:
         split_pair(prompt, chosen, rejected, cols)
@@ -116,7 +116,7 @@ def test_bad_pairs_are_classified(prompt, chosen, rejected, cols, kind, text):
 
 
 def test_encode_pair_tokens_and_truncation(chat_tok):
-    from llmtune.tasks.dpo import encode_pair
+    from llmtune.tasks.dpo.data import encode_pair
 
     prompt = [{"role": "user", "content": "translate the big dog"}]
     enc = encode_pair(chat_tok, prompt, "der gross hund", "the big dog", max_length=256, max_prompt=128)
@@ -152,7 +152,7 @@ def _sig(x: float) -> float:
 def test_losses_equal_their_formulas_on_hand_computed_values():
     import torch
 
-    from llmtune.tasks.dpo import pair_metrics, preference_loss, rewards
+    from llmtune.tasks.dpo.loss import pair_metrics, preference_loss, rewards
 
     # two pairs: policy/reference log-probs of chosen (c) and rejected (r) answers, answer lengths
     pc, pr = torch.tensor([-10.0, -7.0]), torch.tensor([-12.0, -5.0])
@@ -186,7 +186,9 @@ def test_sequence_logps_sum_the_answer_tokens(tiny_llama_dir, chat_tok):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmtune.tasks.dpo import PairCollator, encode_pair, sequence_logps
+    from llmtune.tasks.dpo.collator import PairCollator
+    from llmtune.tasks.dpo.data import encode_pair
+    from llmtune.tasks.dpo.loss import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     features = []

@@ -29,7 +29,7 @@ def _dataset(lines):
 
 
 def test_clm_packing_loses_and_duplicates_nothing(bpe):
-    from llmtune.tasks.lm import pack_dataset
+    from llmtune.tasks.lm.data import pack_dataset
 
     lines = lm_corpus_lines(120)
     # batch_size 50: several map batches, each with its own partial last block
@@ -51,7 +51,7 @@ def test_clm_packing_loses_and_duplicates_nothing(bpe):
 
 
 def test_mlm_packing_frames_every_block(wordpiece):
-    from llmtune.tasks.lm import pack_dataset
+    from llmtune.tasks.lm.data import pack_dataset
 
     lines = lm_corpus_lines(80)[:-4]  # wordpiece fixture vocabulary is ASCII only
     packed = pack_dataset(_dataset(lines), wordpiece, "mlm", block_size=24, text_column="text", whole_words=True)
@@ -73,7 +73,7 @@ def test_mlm_packing_frames_every_block(wordpiece):
 def test_streaming_and_in_memory_yield_identical_blocks(bpe, tmp_path):
     from llmtune.config import DataArgs
     from llmtune.data import load_raw
-    from llmtune.tasks.lm import is_streaming, pack_dataset
+    from llmtune.tasks.lm.data import is_streaming, pack_dataset
 
     (tmp_path / "train.txt").write_text("\n".join(lm_corpus_lines(200)) + "\n", encoding="utf-8")
     (tmp_path / "validation.txt").write_text("\n".join(lm_corpus_lines(30, seed=9)) + "\n", encoding="utf-8")
@@ -99,7 +99,8 @@ def test_streaming_validation_is_held_out_by_take_and_skip(tmp_path):
 
 
 def _collate_many(tokenizer, options, n_blocks=400, whole_words=False, seed=0):
-    from llmtune.tasks.lm import LMCollator, pack_dataset
+    from llmtune.tasks.lm.collator import LMCollator
+    from llmtune.tasks.lm.data import pack_dataset
 
     lines = lm_corpus_lines(600)[:-4]
     packed = pack_dataset(_dataset(lines), tokenizer, "mlm", 32, "text", whole_words=whole_words)
@@ -110,7 +111,7 @@ def _collate_many(tokenizer, options, n_blocks=400, whole_words=False, seed=0):
 
 
 def test_mlm_masking_statistics(wordpiece):
-    from llmtune.tasks.lm import MlmOptions
+    from llmtune.tasks.lm.options import MlmOptions
 
     rows, batch = _collate_many(wordpiece, MlmOptions())
     labels, inputs = batch["labels"].numpy(), batch["input_ids"].numpy()
@@ -134,7 +135,7 @@ def test_mlm_masking_statistics(wordpiece):
 
 
 def test_mlm_masking_is_seeded(wordpiece):
-    from llmtune.tasks.lm import MlmOptions
+    from llmtune.tasks.lm.options import MlmOptions
 
     _, a = _collate_many(wordpiece, MlmOptions(), n_blocks=50, seed=1)
     _, b = _collate_many(wordpiece, MlmOptions(), n_blocks=50, seed=1)
@@ -143,7 +144,7 @@ def test_mlm_masking_is_seeded(wordpiece):
 
 
 def test_whole_word_masking_masks_whole_words(wordpiece):
-    from llmtune.tasks.lm import MlmOptions
+    from llmtune.tasks.lm.options import MlmOptions
 
     rows, batch = _collate_many(wordpiece, MlmOptions(whole_word_masking=True), whole_words=True)
     labels = batch["labels"].numpy()
@@ -166,7 +167,9 @@ def test_whole_word_masking_masks_whole_words(wordpiece):
 
 
 def test_fixed_eval_masks_are_identical_across_calls_and_streaming(wordpiece):
-    from llmtune.tasks.lm import MlmOptions, fixed_masks, pack_dataset
+    from llmtune.tasks.lm.data import pack_dataset
+    from llmtune.tasks.lm.masking import fixed_masks
+    from llmtune.tasks.lm.options import MlmOptions
 
     lines = lm_corpus_lines(100)[:-4]
     packed = pack_dataset(_dataset(lines), wordpiece, "mlm", 32, "text")
@@ -180,7 +183,8 @@ def test_fixed_eval_masks_are_identical_across_calls_and_streaming(wordpiece):
 
 
 def test_clm_collator_keeps_eos_as_target_when_pad_is_eos(bpe):
-    from llmtune.tasks.lm import ClmOptions, LMCollator
+    from llmtune.tasks.lm.collator import LMCollator
+    from llmtune.tasks.lm.options import ClmOptions
 
     eos = bpe.eos_token_id
     collator = LMCollator(bpe, "clm", ClmOptions(), seed=0)
@@ -193,7 +197,7 @@ def test_clm_collator_keeps_eos_as_target_when_pad_is_eos(bpe):
 def test_sliding_windows_score_every_token_once():
     from datasets import Dataset
 
-    from llmtune.tasks.lm import sliding_windows
+    from llmtune.tasks.lm.data import sliding_windows
 
     stream = list(range(100, 203))  # 103 tokens
     packed = Dataset.from_dict({"input_ids": [stream[:40], stream[40:80], stream[80:]]})
@@ -210,7 +214,7 @@ def test_perplexity_is_token_weighted_not_batch_mean():
     import torch
     import torch.nn.functional as F
 
-    from llmtune.tasks.lm import row_nll_and_count, total_loss
+    from llmtune.tasks.common.lm_eval import row_nll_and_count, total_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
@@ -228,7 +232,7 @@ def test_special_frame_and_max_positions(wordpiece, bpe):
     from transformers import GPT2Config, RobertaConfig
 
     from llmtune.modeling import max_positions
-    from llmtune.tasks.lm import special_frame
+    from llmtune.tasks.lm.data import special_frame
 
     assert special_frame(wordpiece) == ([wordpiece.cls_token_id], [wordpiece.sep_token_id])
     assert special_frame(bpe) == ([], [])

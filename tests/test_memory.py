@@ -32,7 +32,7 @@ def test_rss_sampler_sees_a_transient_peak_and_leaves_the_process_peak_alone():
 def test_nll_chunked_over_positions_equals_one_pass():
     import torch
 
-    from llmtune.tasks.lm import row_nll_and_count
+    from llmtune.tasks.common.lm_eval import row_nll_and_count
 
     torch.manual_seed(0)
     logits = torch.randn(3, 17, 50)
@@ -49,7 +49,7 @@ def test_lm_eval_step_returns_two_numbers_per_row(tiny_gpt2_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llmtune.tasks.lm import lm_eval_step
+    from llmtune.tasks.common.lm_eval import lm_eval_step
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, dtype=torch.float32).eval()
     ids = torch.randint(5, 300, (4, 24))
@@ -68,7 +68,7 @@ def test_lm_eval_step_returns_two_numbers_per_row(tiny_gpt2_dir):
 
 def test_lm_eval_batch_is_sized_to_the_vocabulary():
     from llmtune.config import RunConfig
-    from llmtune.tasks.lm import EVAL_LOGITS_BUDGET, lm_eval_batch_args
+    from llmtune.tasks.common.lm_eval import EVAL_LOGITS_BUDGET, lm_eval_batch_args
 
     head = SimpleNamespace(out_features=49152)
     model = SimpleNamespace(get_output_embeddings=lambda: head, config=SimpleNamespace(vocab_size=49152))

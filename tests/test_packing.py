@@ -135,7 +135,7 @@ def test_multi_process_eval_uses_padded_batches(monkeypatch, tmp_path):
     from llmtune.resolve import load_config
     from llmtune.tasks import get_task
     from llmtune.tasks.base import RunContext
-    from llmtune.tasks.lm import LMCollator
+    from llmtune.tasks.lm.collator import LMCollator
     from llmtune.trainer import llmtune_trainer
 
     cfg = load_config(task="clm", sets=["options.packing=documents", "options.block_size=32"], validate=False)

@@ -38,7 +38,7 @@ def sft_context(tree: dict, model_path: str | None = None, training: bool = True
 
 
 def test_loss_masks_exactly_the_prompt_tokens(chat_tok):
-    from llmtune.tasks.sft import encode_conversation
+    from llmtune.tasks.sft.data import encode_conversation
 
     messages = [
         {"role": "user", "content": "translate the big dog"},
@@ -59,7 +59,7 @@ def test_loss_masks_exactly_the_prompt_tokens(chat_tok):
 
 
 def test_multi_turn_trains_every_assistant_turn_only(chat_tok):
-    from llmtune.tasks.sft import encode_conversation
+    from llmtune.tasks.sft.data import encode_conversation
 
     messages = [
         {"role": "system", "content": "be brief"},
@@ -78,7 +78,8 @@ def test_multi_turn_trains_every_assistant_turn_only(chat_tok):
 
 
 def test_eos_appended_when_the_template_has_no_end_marker(chat_tok):
-    from llmtune.tasks.sft import CHAT_TEMPLATES, encode_conversation
+    from llmtune.tasks.common.chat import CHAT_TEMPLATES
+    from llmtune.tasks.sft.data import encode_conversation
 
     tok = chat_tok.__class__.from_pretrained(chat_tok.name_or_path)
     tok.chat_template = CHAT_TEMPLATES["plain"]
@@ -91,7 +92,7 @@ def test_eos_appended_when_the_template_has_no_end_marker(chat_tok):
 
 
 def test_fallback_chat_template_and_column_detection(chat_tok, tmp_path):
-    from llmtune.tasks.sft import CHAT_TEMPLATES
+    from llmtune.tasks.common.chat import CHAT_TEMPLATES
 
     plain_dir = tmp_path / "no-template"
     tok = chat_tok.__class__.from_pretrained(chat_tok.name_or_path)
@@ -114,7 +115,7 @@ def test_fallback_chat_template_and_column_detection(chat_tok, tmp_path):
 
 
 def test_sharegpt_messages_and_errors(chat_tok, tmp_path):
-    from llmtune.tasks.sft import normalize_messages
+    from llmtune.tasks.common.chat import normalize_messages
 
     got = normalize_messages([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}], "conversations")
     assert got == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
@@ -160,7 +161,7 @@ def test_packed_batch_gives_the_same_per_example_loss(tiny_llama_dir, chat_tok, 
     from transformers import AutoModelForCausalLM
 
     from llmtune.packing import PaddingFreeCollator
-    from llmtune.tasks.sft import encode_conversation
+    from llmtune.tasks.sft.data import encode_conversation
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attn).eval()
     examples = []
@@ -351,7 +352,7 @@ def test_sft_keeps_conversations_longer_than_the_tokenizer_limit(tmp_path):
     task, ctx = sft_context({"model": scratch, "data": {"dataset": str(data), "max_length": 1024}})
     ctx.tokenizer = task.load_tokenizer(ctx)
     assert ctx.tokenizer.model_max_length == 512
-    from llmtune.tasks.sft import encode_conversation
+    from llmtune.tasks.sft.data import encode_conversation
 
     messages = [{"role": "user", "content": "repeat 0"}, {"role": "assistant", "content": long_answer}]
     full = len(encode_conversation(ctx.tokenizer, messages, 10**6)[0])

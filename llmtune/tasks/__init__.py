@@ -1,8 +1,9 @@
 """Task registry.
 
-Every module in this package that defines ``TASKS = [...]`` contributes tasks: adding a task is
-one new module (plus its recipes). Task modules must not import torch/transformers at module
-level, so that ``llmtune recipes validate`` and ``--help`` stay instant.
+Every module or package here that defines ``TASKS = [...]`` contributes tasks: adding a task is
+one new module or package (plus its recipes). ``base`` (the contract) and ``common`` (code shared
+by task packages) hold no tasks. Task modules must not import torch/transformers at module level,
+so that ``llmtune recipes validate`` and ``--help`` stay instant.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = ["Task", "all_tasks", "get_task", "task_names"]
 def _registry() -> dict[str, Task]:
     table: dict[str, Task] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "base":
+        if info.name.startswith("_") or info.name in ("base", "common"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         for task in getattr(module, "TASKS", ()):
