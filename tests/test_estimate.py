@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.estimate import (
+from llmtune.costmodel import (
     Arch,
     Params,
     Setup,
@@ -20,9 +20,9 @@ from llmtune.estimate import (
     count_parameters,
     get_gpu,
     memory,
-    meta_model,
     training_flops,
 )
+from llmtune.estimate import meta_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
