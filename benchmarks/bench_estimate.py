@@ -135,7 +135,8 @@ def child(case: list) -> dict:
 
 def estimate(case: list) -> dict:
     from llmtune.config import ModelArgs
-    from llmtune.estimate import Setup, activation_bytes, arch_from_config, count_parameters, memory, meta_model
+    from llmtune.costmodel import Setup, activation_bytes, arch_from_config, count_parameters, memory
+    from llmtune.estimate import meta_model
     from llmtune.modeling import model_architecture
 
     _, preset, objective, vocab, batch, seq, precision, ckpt = case

@@ -1,10 +1,10 @@
 """llmtune estimate: parameter counts equal the instantiated models', LoRA counts equal peft's,
-memory and FLOP arithmetic, bad input; measured memory in a subprocess (slow)."""
+the printed verdict, bad input; measured memory in a subprocess (slow). The cost model's memory and
+FLOP arithmetic is in test_costmodel.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,17 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.estimate import (
-    Arch,
-    Params,
-    Setup,
-    budget_optimal,
-    count_parameters,
-    get_gpu,
-    memory,
-    meta_model,
-    training_flops,
-)
+from llmtune.costmodel import count_parameters
+from llmtune.estimate import meta_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,36 +93,6 @@ def test_lora_counts_equal_peft(preset, task):
     trainable, total = model.get_nb_trainable_parameters()
     assert est.trainable == trainable
     assert est.total == total
-
-
-def test_memory_arithmetic_by_precision_and_sharding():
-    arch = Arch("llama", 4, 256, 4, 2, 64, 688, 32000, gated_mlp=True, rms_norm=True)
-    p = Params(total=1_000_000, trainable=1_000_000, embedding=0, largest_block=100_000)
-    fp32 = memory(arch, p, Setup(precision="fp32"))
-    assert (fp32.weights, fp32.gradients, fp32.optimizer) == (4e6, 4e6, 8e6)
-    pure = memory(arch, p, Setup(precision="pure-bf16"))
-    assert (pure.weights, pure.gradients, pure.optimizer) == (2e6, 2e6, 4e6)
-    ddp = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="ddp"))
-    assert ddp.buffers == ddp.gradients == 4e6  # DDP buckets
-    z2 = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="zero2"))
-    assert (z2.weights, z2.gradients, z2.optimizer) == (4e6, 1e6, 2e6)
-    z3 = memory(arch, p, Setup(precision="mixed", gpus=4, sharding="zero3"))
-    assert (z3.weights, z3.gradients, z3.optimizer) == (1e6, 1e6, 2e6) and z3.buffers == 2 * 100_000 * 2
-    ckpt = memory(arch, p, Setup(precision="mixed", gradient_checkpointing=True))
-    assert ckpt.activations < memory(arch, p, Setup(precision="mixed")).activations
-    assert memory(arch, p, Setup(batch_size=2)).activations == pytest.approx(
-        2 * memory(arch, p, Setup(batch_size=1)).activations
-    )
-
-
-def test_flops_and_budget():
-    arch = Arch("gpt2", 12, 768, 12, 12, 64, 3072, 50257)
-    p = Params(total=124_000_000, trainable=124_000_000, embedding=786_432, largest_block=7_000_000)
-    flops = training_flops(arch, p, 1e9, 1024)
-    assert flops == pytest.approx(6 * (124_000_000 - 786_432) * 1e9 + 12 * 12 * 768 * 1024 * 1e9)
-    n, d, c = budget_optimal(1000, get_gpu("h100"), 0.4)
-    assert c == pytest.approx(1000 * 3600 * 989e12 * 0.4) and d == pytest.approx(20 * n)
-    assert 6 * n * d == pytest.approx(c) and math.isclose(n, 3.44e9, rel_tol=0.01)
 
 
 def test_cli_verdict_and_knobs(cli):
