@@ -76,7 +76,7 @@ def get_gpu(name: str) -> GPU:
     return gpu
 
 
-def _positive(value: float | None, flag: str) -> None:
+def require_positive(value: float | None, flag: str) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise LlmtuneError(f"{flag} must be > 0, got {value:g}")
 
@@ -111,7 +111,7 @@ GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "gemma", 
 RMS = GATED | {"t5", "mt5", "umt5"}
 
 
-def _first(config: Any, *names: str, default: Any = None) -> Any:
+def first_attr(config: Any, *names: str, default: Any = None) -> Any:
     for name in names:
         value = getattr(config, name, None)
         if value is not None:
@@ -122,20 +122,20 @@ def _first(config: Any, *names: str, default: Any = None) -> Any:
 def arch_from_config(config: Any) -> Arch:
     model_type = str(getattr(config, "model_type", ""))
     text = getattr(config, "text_config", None)
-    if text is not None and _first(config, "hidden_size", "n_embd", "d_model") is None:
+    if text is not None and first_attr(config, "hidden_size", "n_embd", "d_model") is None:
         config = text  # multimodal wrappers: the language model does the training
-    hidden = _first(config, "hidden_size", "n_embd", "d_model", "dim")
-    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
-    heads = _first(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
+    hidden = first_attr(config, "hidden_size", "n_embd", "d_model", "dim")
+    layers = first_attr(config, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    heads = first_attr(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
     if not (hidden and layers and heads):
         raise LlmtuneError(f"cannot read the layer sizes of a '{model_type}' config (hidden size, layers, heads)")
     decoder_layers = (
-        _first(config, "num_decoder_layers", default=0) if getattr(config, "is_encoder_decoder", False) else 0
+        first_attr(config, "num_decoder_layers", default=0) if getattr(config, "is_encoder_decoder", False) else 0
     )
-    kv = _first(config, "num_key_value_heads", "n_head_kv", default=heads)
-    head_dim = _first(config, "head_dim", default=hidden // heads) or hidden // heads
-    act = str(_first(config, "hidden_act", "activation_function", "feed_forward_proj", default="gelu"))
-    inter = _first(config, "intermediate_size", "n_inner", "d_ff", "ffn_dim", default=None) or 4 * hidden
+    kv = first_attr(config, "num_key_value_heads", "n_head_kv", default=heads)
+    head_dim = first_attr(config, "head_dim", default=hidden // heads) or hidden // heads
+    act = str(first_attr(config, "hidden_act", "activation_function", "feed_forward_proj", default="gelu"))
+    inter = first_attr(config, "intermediate_size", "n_inner", "d_ff", "ffn_dim", default=None) or 4 * hidden
     return Arch(
         model_type=model_type,
         layers=int(layers) + int(decoder_layers or 0),
@@ -144,18 +144,19 @@ def arch_from_config(config: Any) -> Arch:
         kv_heads=int(kv),
         head_dim=int(head_dim),
         intermediate=int(inter),
-        vocab=int(_first(config, "vocab_size", default=0) or 0),
+        vocab=int(first_attr(config, "vocab_size", default=0) or 0),
         gated_mlp=model_type in GATED or act.startswith("gated"),
         rms_norm=model_type in RMS,
         python_gelu=act in ("gelu_new", "gelu_fast"),
         attn_dropout=float(
-            _first(
+            first_attr(
                 config, "attention_probs_dropout_prob", "attn_pdrop", "attention_dropout", "dropout_rate", default=0.0
             )
             or 0.0
         ),
         hidden_dropout=float(
-            _first(config, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout_rate", default=0.0) or 0.0
+            first_attr(config, "hidden_dropout_prob", "resid_pdrop", "hidden_dropout", "dropout_rate", default=0.0)
+            or 0.0
         ),
         eager_attention=getattr(config, "_attn_implementation", None) == "eager",
         encoder_decoder=bool(decoder_layers),
@@ -191,7 +192,7 @@ def lora_parameters(model: Any, r: int, targets: list[str] | None = None) -> int
     ``targets`` are module-name suffixes (``q_proj``, ``c_attn``...); None means every linear layer
     but the output layer, as peft's ``target_modules="all-linear"``.
     """
-    _positive(r, "--lora-r")
+    require_positive(r, "--lora-r")
     output = _embeddings(model)[1]
     skip = {name for name, module in model.named_modules() if output is not None and module is output}
     total = 0
@@ -371,7 +372,7 @@ def memory(arch: Arch, params: Params, setup: Setup, lm_head: bool = True) -> Me
     if setup.sharding not in SHARDINGS:
         raise LlmtuneError(f"--sharding must be one of {', '.join(SHARDINGS)}, got '{setup.sharding}'")
     for value, flag in ((setup.batch_size, "--batch-size"), (setup.seq_len, "--seq-len"), (setup.gpus, "--gpus")):
-        _positive(value, flag)
+        require_positive(value, flag)
     w_b, g_b, o_b = _dtypes(setup.precision)
     n = setup.gpus
     weights = params.total * w_b
@@ -401,7 +402,7 @@ def memory(arch: Arch, params: Params, setup: Setup, lm_head: bool = True) -> Me
 def training_flops(arch: Arch, params: Params, tokens: float, seq_len: int, checkpointing: bool = False) -> float:
     """6 x N x D (forward + backward of every matmul) plus attention scores (12 x L x h x s per token);
     gradient checkpointing adds one more forward pass (8 x N x D)."""
-    _positive(tokens, "--tokens")
+    require_positive(tokens, "--tokens")
     n_compute = params.total - params.embedding
     dense = (8 if checkpointing else 6) * n_compute * tokens
     attention = (16 if checkpointing else 12) * arch.layers * arch.heads * arch.head_dim * seq_len * tokens
@@ -415,7 +416,7 @@ def compute_optimal_tokens(n_params: float) -> float:
 def budget_optimal(gpu_hours: float, gpu: GPU, mfu: float) -> tuple[float, float, float]:
     """(parameters, tokens, FLOPs) that a GPU-hour budget trains compute-optimally:
     C = 6 N D with D = 20 N, so N = sqrt(C / 120)."""
-    _positive(gpu_hours, "--gpu-hours")
+    require_positive(gpu_hours, "--gpu-hours")
     flops = gpu_hours * 3600 * gpu.tflops * 1e12 * mfu
     n = math.sqrt(flops / (6 * CHINCHILLA_TOKENS_PER_PARAM))
     return n, CHINCHILLA_TOKENS_PER_PARAM * n, flops

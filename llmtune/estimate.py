@@ -22,16 +22,16 @@ from llmtune.costmodel import (
     PRECISIONS,
     SHARDINGS,
     Setup,
-    _first,
-    _positive,
     activation_bytes,
     arch_from_config,
     budget_optimal,
     compute_optimal_tokens,
     count_parameters,
+    first_attr,
     fitting_knobs,
     get_gpu,
     memory,
+    require_positive,
     train_seconds,
     training_flops,
 )
@@ -67,7 +67,7 @@ def load_model_config(
         prepare_hub_access(model_config)
         config = model_architecture(ModelArgs(config=model_config, trust_remote_code=trust_remote_code))
     if vocab_size is not None:
-        _positive(vocab_size, "--vocab-size")
+        require_positive(vocab_size, "--vocab-size")
         config.vocab_size = int(vocab_size)
     return config
 
@@ -192,7 +192,7 @@ def resolve(req: Request) -> Target:
     for value, flag in ((req.seq_len, "--seq-len"), (req.batch_size, "--batch-size"), (req.gpus, "--gpus"),
                         (req.tokens, "--tokens"), (req.gpu_hours, "--gpu-hours"), (req.lora_r, "--lora-r"),
                         (req.vocab_size, "--vocab-size")):  # fmt: skip
-        _positive(value, flag)
+        require_positive(value, flag)
     if not 0 < req.mfu <= 1:
         raise LlmtuneError(f"--mfu must be in (0, 1], got {req.mfu:g}")
     notes: list[str] = []
@@ -323,7 +323,7 @@ def run_estimate(req: Request) -> str:
     if not (req.model or req.model_config or req.recipe):
         if req.gpu_hours is None:
             raise LlmtuneError("nothing to estimate: pass --model, --model-config or --recipe, or --gpu-hours")
-        _positive(req.gpu_hours, "--gpu-hours")
+        require_positive(req.gpu_hours, "--gpu-hours")
         return "\n".join(budget_text(req, gpu))
     target = resolve(req)
     req = replace(req, lora_r=target.lora_r, lora_targets=target.lora_targets)
@@ -363,7 +363,8 @@ def run_estimate(req: Request) -> str:
         *(f"             {n}" for n in target.notes),
         *(
             [f"             warning: --seq-len {target.seq_len} exceeds the model's {max_pos} positions"]
-            if (max_pos := _first(target.config, "max_position_embeddings", "n_positions")) and target.seq_len > max_pos
+            if (max_pos := first_attr(target.config, "max_position_embeddings", "n_positions"))
+            and target.seq_len > max_pos
             else []
         ),
         "",

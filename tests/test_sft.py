@@ -296,7 +296,7 @@ def test_max_length_is_honoured_above_the_tokenizer_limit_up_to_the_model_positi
     when the model's positions are unknown."""
     from types import SimpleNamespace
 
-    from llmtune.modeling import sequence_limit
+    from llmtune.tasks.base import sequence_limit
 
     tok = SimpleNamespace(model_max_length=512)
     scratch = {"config": "llama-tiny", "name_or_path": None, "tokenizer": "builtin:tiny_chat_llama"}

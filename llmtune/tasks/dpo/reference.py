@@ -30,7 +30,7 @@ def load_reference(ctx: RunContext, spec: str, gguf_file: str | None, auto_model
     """A frozen ``AutoModelForCausalLM`` from a folder or Hub id (GGUF de-quantized)."""
     import dataclasses
 
-    from llmtune.modeling import load_model
+    from llmtune.loading import load_model
 
     model_args = dataclasses.replace(ctx.cfg.model, name_or_path=spec, gguf_file=gguf_file, config_overrides={})
     ref_ctx = RunContext(cfg=dataclasses.replace(ctx.cfg, model=model_args), training=True, model_path=spec)

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, tokenize_split
+from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
 from llmtune.tasks.dpo.collator import PairCollator
 from llmtune.tasks.dpo.data import REF_COLUMNS, SKIP_REASONS, batch_encoder, column_layout
@@ -25,6 +25,7 @@ class DPOTask(Task):
     family = "dpo"
     description = "preference tuning of a causal LM on chosen/rejected pairs (DPO, IPO, SimPO)"
     Options = DPOOptions
+    sequence_cap = "positions"
     auto_model = "AutoModelForCausalLM"
     main_metric = "reward_accuracy"
     greater_is_better = True
@@ -77,12 +78,11 @@ class DPOTask(Task):
     # ---- data ---------------------------------------------------------------------------------
     def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
         from llmtune.console import echo
-        from llmtune.modeling import sequence_limit
 
         cfg, o = ctx.cfg, ctx.cfg.options
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = column_layout(ctx, first)
-        max_length = sequence_limit(ctx)
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
         # never the whole sequence: max_length may have been cut to the model's positions
         max_prompt = min(o.max_prompt_length or max_length // 2, max_length - 1)
 

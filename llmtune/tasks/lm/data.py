@@ -131,10 +131,11 @@ def pack_dataset(
         return out
 
     from llmtune.datacache import map_fingerprint
+    from llmtune.tasks.base import task_code
 
     extra = {}
     fingerprint = map_fingerprint(
-        ds, tokenizer, (__name__,), objective=objective, block_size=block_size, text_column=text_column,
+        ds, tokenizer, task_code(__name__), objective=objective, block_size=block_size, text_column=text_column,
         batch_size=batch_size, whole_words=whole_words, layout=layout, stream=stream,
     )  # fmt: skip
     if fingerprint is not None:  # a Dataset: cached by what the blocks depend on (llmtune.datacache)

@@ -10,11 +10,15 @@ from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.modeling import max_positions
-from llmtune.tasks.base import RunContext, Task, require_content
+from llmtune.tasks.base import Default, RunContext, Task, from_scratch, require_content
 from llmtune.tasks.common.lm_eval import lm_eval_batch_args, lm_eval_step, perplexity, total_loss
 from llmtune.tasks.lm.collator import LMCollator
 from llmtune.tasks.lm.data import is_streaming, pack_dataset
 from llmtune.tasks.lm.options import DEFAULT_BLOCK, SAMPLE_BY, TEXT_COLUMNS, sample_by
+
+
+def _stream_with_steps(cfg: Any) -> bool:
+    return bool(cfg.data.streaming and cfg.train.max_steps > 0)
 
 
 class LMTask(Task):
@@ -22,20 +26,20 @@ class LMTask(Task):
     greater_is_better = False
     objective = ""
 
+    defaults = (
+        Default("train.group_by_length", False, "packed blocks all have one length: grouping only costs a pass"),
+        Default(
+            "train.learning_rate", 5e-4, "random initialisation wants a larger step than continued pretraining",
+            when=from_scratch,
+        ),
+        Default("train.eval_strategy", "steps", "a stream has no epochs to evaluate at", when=_stream_with_steps),
+        Default(
+            "train.eval_steps", lambda cfg: max(1, cfg.train.max_steps // 4), "a stream evaluates 4 times in max_steps",
+            when=_stream_with_steps, unless_set=("train.eval_strategy",),
+        ),
+    )  # fmt: skip
+
     # ---- config time (torch-free) -------------------------------------------------------
-    def apply_defaults(self, cfg: Any, tree: dict) -> None:
-        train_keys = tree.get("train") or {}
-        # Packed blocks all have one length: grouping by length only costs a pass over the data.
-        if "group_by_length" not in train_keys:
-            cfg.train.group_by_length = False
-        # Random initialisation wants a larger step than continued pretraining.
-        if "learning_rate" not in train_keys and cfg.model.config and not cfg.model.name_or_path:
-            cfg.train.learning_rate = 5e-4
-        # A stream has no epochs to evaluate at: evaluate a few times during max_steps.
-        if cfg.data.streaming and "eval_strategy" not in train_keys and cfg.train.max_steps > 0:
-            cfg.train.eval_strategy = "steps"
-            if not cfg.train.eval_steps:
-                cfg.train.eval_steps = max(1, cfg.train.max_steps // 4)
 
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
@@ -154,7 +158,8 @@ class LMTask(Task):
 
     # ---- model ------------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
-        from llmtune.modeling import load_model, model_from_config
+        from llmtune.loading import load_model
+        from llmtune.modeling import model_from_config
 
         tok = ctx.tokenizer
         m = ctx.cfg.model

@@ -10,7 +10,7 @@ import itertools
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, require_content, tokenize_split
+from llmtune.tasks.base import Default, RunContext, Task, require_content, sequence_limit, tokenize_split
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
 from llmtune.tasks.common.lm_eval import generation_quality, lm_eval_batch_args, lm_eval_step, perplexity, total_loss
 from llmtune.tasks.sft.data import batch_encoder, column_layout, inference_layout, row_conversation
@@ -31,11 +31,15 @@ class SFTTask(Task):
     pipeline_tag = "text-generation"
     generative = True
 
+    sequence_cap = "positions"
+    defaults = (
+        Default(
+            "train.group_by_length", False, "packed batches have no padding to save: grouping only makes them less random",
+            when=lambda cfg: bool(cfg.options.packing),
+        ),
+    )  # fmt: skip
+
     # ---- config -------------------------------------------------------------------------------
-    def apply_defaults(self, cfg: Any, tree: dict) -> None:
-        # Packed batches have no padding to save: length grouping would only make them less random.
-        if cfg.options.packing and "group_by_length" not in (tree.get("train") or {}):
-            cfg.train.group_by_length = False
 
     def validate(self, cfg: Any) -> list[str]:
         from llmtune.modeling import from_config_problems
@@ -82,9 +86,7 @@ class SFTTask(Task):
         cfg = ctx.cfg
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = column_layout(ctx, first)
-        from llmtune.modeling import sequence_limit
-
-        max_length = sequence_limit(ctx)
+        max_length = sequence_limit(ctx, cap=self.sequence_cap)
 
         out = {}
         for split, ds in raw.items():
@@ -156,10 +158,8 @@ class SFTTask(Task):
 
     # ---- evaluation ---------------------------------------------------------------------------
     def training_args(self, ctx: RunContext) -> dict:
-        from llmtune.modeling import sequence_limit
-
         # Packed or padded, an eval batch holds at most batch x max_length tokens.
-        return lm_eval_batch_args(ctx, sequence_limit(ctx))
+        return lm_eval_batch_args(ctx, sequence_limit(ctx, cap=self.sequence_cap))
 
     def eval_step(self, ctx: RunContext) -> Any:
         # Two numbers per row ([summed NLL, tokens]) instead of [B, L, vocab] logits.
