@@ -274,7 +274,7 @@ def save_adapted(ctx: Any, trainer: Any, output_dir: str | Path, task: Any) -> N
                     shutil.move(str(output_dir / name), str(target / name))
             if ctx.tokenizer is not None:
                 ctx.tokenizer.save_pretrained(target)  # adapter/ loads on its own too
-            ctx.cfg.save(target)
+            ctx.saved_config().save(target)
         _write_model_config(base_config, target)
         if ctx.cfg.peft.merge:
             if ctx.cfg.peft.load_in_4bit:

@@ -294,6 +294,29 @@ class RunConfig:
     recipe_source: typing.ClassVar[str] = ""
     task_defaults: typing.ClassVar[dict] = {}
 
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """A copy with dotted keys set (``{"train.output_dir": "out"}``): how a run derives the
+        values it decides (its output folder, a block size read from the model) without editing
+        the config it was given. Values are not re-checked: they come from the run, not a user."""
+        if not values:
+            return self
+        out = dataclasses.replace(self)
+        for name in {key.split(".", 1)[0] for key in values}:
+            section = getattr(out, name)
+            setattr(out, name, dataclasses.replace(section) if dataclasses.is_dataclass(section) else section)
+        for key, value in values.items():
+            section, _, field_name = key.partition(".")
+            if not field_name:
+                setattr(out, section, value)
+                continue
+            if not hasattr(getattr(out, section), field_name):
+                raise KeyError(f"{key} is not a config key")
+            setattr(getattr(out, section), field_name, value)
+        for attr in ("recipe_defaults", "recipe_source", "task_defaults"):
+            if attr in vars(self):
+                setattr(out, attr, vars(self)[attr])
+        return out
+
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):

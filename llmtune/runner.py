@@ -50,7 +50,7 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     """Fine-tune or pretrain according to ``cfg``; returns the metrics written to metrics.json."""
     task = get_task(cfg.task)
     output_dir = default_output_dir(cfg)
-    cfg.train.output_dir = str(output_dir)
+    cfg = cfg.with_values({"train.output_dir": str(output_dir)})
     prepare_hub_access_for(cfg)
 
     from llmtune.checkpoint import latest_checkpoint
@@ -116,7 +116,7 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
             remove_checkpoints(output_dir)
             remove_run_files(output_dir)
         remove_partial(output_dir)
-        cfg.save(output_dir)
+        ctx.saved_config().save(output_dir)
     state.wait_for_everyone()
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval)
     if has_eval and ctx.state.get("eval_batch_note"):
@@ -172,7 +172,7 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     save_adapted(ctx, trainer, output_dir, task)  # adapters: also merged, per peft.merge
     if state.is_main_process:
         task.save_extras(ctx, output_dir)
-        cfg.save(output_dir)
+        ctx.saved_config().save(output_dir)
         write_json(output_dir / METRICS_FILE, metrics)
         if records:
             write_jsonl(output_dir / PREDICTIONS_FILE, records)
@@ -295,8 +295,9 @@ def _evaluate(
     quiet_libraries(debug)
     set_seed(cfg.train.seed)
 
-    if split:
-        cfg.data.eval_split = split
+    # Scoring only: the eval folder, no best-model reload, no experiment tracking.
+    values = {"train.output_dir": str(output_dir), "train.load_best_model_at_end": False, "train.report_to": ["none"]}
+    cfg = cfg.with_values({**values, "data.eval_split": split} if split else values)
     from llmtune import hardware
 
     ctx = RunContext(cfg=cfg, training=False, model_path=model_path)
@@ -317,9 +318,6 @@ def _evaluate(
         processed = task.prepare(ctx, {"validation": raw["validation"]})
     for message in ctx.warnings:
         warn(message)
-    cfg.train.output_dir = str(output_dir)
-    cfg.train.load_best_model_at_end = False
-    cfg.train.report_to = ["none"]  # scoring only: no experiment tracking
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)
     method = task.eval_note(ctx)
     for line in (method, ctx.state.get("eval_batch_note")):
@@ -333,7 +331,7 @@ def _evaluate(
             summary["method"] = method
         write_json(output_dir / METRICS_FILE, summary)
         write_jsonl(output_dir / PREDICTIONS_FILE, records)
-        cfg.save(output_dir)
+        ctx.saved_config().save(output_dir)
     state.wait_for_everyone()
     echo(metrics_table(f"eval metrics ({cfg.data.dataset})", task.headline(metrics)))
     if cfg.train.progress != "quiet":

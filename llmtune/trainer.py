@@ -342,7 +342,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     trainer.remove_callback(PrinterCallback)  # the raw dicts; llmtune.progress shows the run instead
     trainer.eval_step = task.eval_step(ctx)
     # The resolved config goes into every checkpoint, inside the atomic save.
-    trainer.checkpoint_writers = [cfg.save]
+    trainer.checkpoint_writers = [lambda folder: ctx.saved_config().save(folder)]
     trainer.length_group_batches = cfg.train.group_by_length_batches
     trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer

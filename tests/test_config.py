@@ -145,3 +145,14 @@ def test_recipe_dataset_configuration_goes_with_its_dataset():
     cfg = load_config(task="sentiment", flags={"data.dataset": "reviews.csv"})
     assert cfg.data.config_name is None and "data.config_name" not in cfg.recipe_defaults
     assert load_config(task="sentiment").data.config_name == "sst2"
+
+
+def test_with_values_derives_a_copy_and_leaves_the_config_alone():
+    cfg = load_config(task="sentiment", sets=["train.epochs=2"])
+    derived = cfg.with_values({"train.output_dir": "somewhere", "data.eval_split": "test"})
+    assert (derived.train.output_dir, derived.data.eval_split, derived.train.epochs) == ("somewhere", "test", 2)
+    assert (cfg.train.output_dir, cfg.data.eval_split) == (None, None)
+    assert derived.model is cfg.model  # sections without a change are shared, not copied
+    assert cfg.with_values({}) is cfg
+    with pytest.raises(KeyError):
+        cfg.with_values({"train.epoch": 3})

@@ -251,3 +251,24 @@ def test_bad_runtime_inputs_one_line_exit_2(cli, tmp_path, tiny_gpt2_dir, tiny_b
         result = cli("pretrain", *args, *common, "-o", tmp_path / f"o{i}")
         assert result.exit_code == 2, (args, result.output)
         assert needle in result.output, (needle, result.output)
+
+
+@pytest.mark.slow
+def test_resolved_block_size_is_saved_without_editing_the_config(cli, tmp_path):
+    """A block size llmtune picks from the model (no --block-size) goes into the saved config and
+    eval reuses it; the config object the run was given stays as resolved from the recipe."""
+    import yaml
+
+    from llmtune.resolve import load_config
+    from llmtune.runner import run_train
+
+    out = tmp_path / "clm"
+    sets = ["options.block_size=null", "model.config_overrides={n_positions: 48}", "train.eval_strategy=no"]
+    cfg = load_config(recipe="clm-smoke", sets=sets, flags={"train.output_dir": str(out), "train.max_steps": 2})
+    run_train(cfg)
+    assert cfg.options.block_size is None and cfg.train.output_dir == str(out)
+    saved = yaml.safe_load((out / "llmtune_config.yaml").read_text())
+    assert saved["options"]["block_size"] == 48  # the model's positions, below clm's default 1024
+    result = cli("eval", "--model", out, "--dataset", "builtin:tiny_corpus", "--set", "data.max_eval_samples=8")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "blocks of 48 tokens" in result.output

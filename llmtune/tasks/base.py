@@ -42,6 +42,13 @@ class RunContext:
     # Warnings about the data the user may mean (e.g. a single-class eval split): printed by the
     # runner once every input has loaded, so a run that then fails on bad input shows one line.
     warnings: list = field(default_factory=list)
+    # Config values the run decided from its model and data (dotted key -> value, e.g. lm's
+    # ``options.block_size``): saved with the config, so ``eval`` of the run reuses them.
+    resolved: dict = field(default_factory=dict)
+
+    def saved_config(self) -> RunConfig:
+        """The config as this run saves it: ``cfg`` with the values the run resolved."""
+        return self.cfg.with_values(self.resolved)
 
 
 @dataclass(frozen=True)

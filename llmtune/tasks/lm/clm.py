@@ -12,7 +12,7 @@ from llmtune.tasks.base import RunContext
 from llmtune.tasks.common.lm_eval import generation_quality
 from llmtune.tasks.lm.data import sliding_windows
 from llmtune.tasks.lm.options import CLM_PACKING, REFERENCE_COLUMNS, TEXT_COLUMNS, ClmOptions, sample_by
-from llmtune.tasks.lm.task import LMTask
+from llmtune.tasks.lm.task import LMTask, run_block_size
 
 
 class CausalLMTask(LMTask):
@@ -148,7 +148,7 @@ class CausalLMTask(LMTask):
         return sliding_windows(packed, block_size, min(stride, block_size))
 
     def eval_note(self, ctx: RunContext) -> str | None:
-        o = ctx.cfg.options
+        o, size = ctx.cfg.options, run_block_size(ctx)
         mode = sample_by(ctx)
         from llmtune.data import is_text_data
 
@@ -161,12 +161,12 @@ class CausalLMTask(LMTask):
             "paragraph": "each paragraph a document followed by EOS",
             "document": "each file one document followed by EOS",
         }[mode]
-        if o.stride and o.stride < o.block_size:
+        if o.stride and o.stride < size:
             windows = (
-                f"windows of {o.block_size} tokens every {o.stride} (each token scored once, "
-                f"with at least {o.block_size - o.stride} tokens of context after the first window)"
+                f"windows of {size} tokens every {o.stride} (each token scored once, "
+                f"with at least {size - o.stride} tokens of context after the first window)"
             )
         else:
-            windows = f"non-overlapping blocks of {o.block_size} tokens (options.stride for a sliding window)"
+            windows = f"non-overlapping blocks of {size} tokens (options.stride for a sliding window)"
         how = "" if mode == "rows" else f" [options.sample_by={mode}]"
         return f"perplexity over {text}{how} in {windows}"

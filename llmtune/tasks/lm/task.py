@@ -17,6 +17,11 @@ from llmtune.tasks.lm.data import is_streaming, pack_dataset
 from llmtune.tasks.lm.options import DEFAULT_BLOCK, SAMPLE_BY, TEXT_COLUMNS, sample_by
 
 
+def run_block_size(ctx: RunContext) -> int:
+    """The run's block size: resolved by ``prepare`` from the model and tokenizer, or as saved."""
+    return ctx.resolved.get("options.block_size", ctx.cfg.options.block_size)
+
+
 def _stream_with_steps(cfg: Any) -> bool:
     return bool(cfg.data.streaming and cfg.train.max_steps > 0)
 
@@ -128,7 +133,7 @@ class LMTask(Task):
         text_col = pick_column(first, cfg.data.text_column, TEXT_COLUMNS, "text", "data.text_column")
         ctx.columns = {"text": text_col}
         block_size = self.resolve_block_size(ctx)
-        cfg.options.block_size = block_size  # saved in llmtune_config.yaml: eval reuses it
+        ctx.resolved["options.block_size"] = block_size  # saved in llmtune_config.yaml: eval reuses it
         ctx.state["has_validation"] = "validation" in raw
         out = {}
         for split, ds in raw.items():
@@ -173,9 +178,9 @@ class LMTask(Task):
         if model.config.pad_token_id is None and tok.pad_token_id is not None:
             model.config.pad_token_id = tok.pad_token_id
         limit = max_positions(model.config)
-        if limit is not None and ctx.cfg.options.block_size > limit:
+        if limit is not None and run_block_size(ctx) > limit:
             raise LlmtuneError(
-                f"options.block_size {ctx.cfg.options.block_size} exceeds the model's {limit} positions: "
+                f"options.block_size {run_block_size(ctx)} exceeds the model's {limit} positions: "
                 f"pass --block-size {limit} or less"
             )
         return model
@@ -185,7 +190,7 @@ class LMTask(Task):
             # The collator needs special_tokens_mask/word_starts; it returns only model inputs.
             "remove_unused_columns": False,
             "eval_on_start": bool(ctx.cfg.options.eval_on_start and ctx.training and ctx.state.get("has_validation")),
-            **lm_eval_batch_args(ctx, ctx.cfg.options.block_size),
+            **lm_eval_batch_args(ctx, run_block_size(ctx)),
         }
 
     def collator(self, ctx: RunContext) -> Any:
