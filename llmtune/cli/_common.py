@@ -2,7 +2,8 @@
 
 Options used by several commands are defined once here as ``Annotated`` types, so ``finetune``,
 ``pretrain``, ``eval``, ``predict`` ... spell and document a flag the same way; blocks of options
-that several commands take together are option groups (:class:`Sampling`, see :func:`option_groups`).
+that several commands take together are option groups (:class:`Sampling`, :class:`TrainOptions`;
+see :func:`option_groups`).
 Module level stays torch-free: ``llmtune --help`` must be instant.
 """
 
@@ -239,37 +240,41 @@ class Sampling(OptionGroup):
         return GenerationSettings(**values).check()
 
 
-def train_flags(
-    model: str | None,
-    dataset: str | None,
-    output_dir: str | None,
-    epochs: float | None,
-    max_steps: int | None,
-    lr: float | None,
-    batch_size: int | None,
-    grad_accum: int | None,
-    seed: int | None,
-    overwrite: bool,
-    resume: str | None = None,
-    trust_remote_code: bool = False,
-    lora: bool = False,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Dotted config keys for the training flags (None: flag not given); the dotted key doubles as
-    the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
-    return {
-        "train.resume": resume,
-        "model.trust_remote_code": True if trust_remote_code else None,
-        "model.name_or_path": model,
-        "data.dataset": dataset,
-        "train.output_dir": output_dir,
-        "train.epochs": epochs,
-        "train.max_steps": max_steps,
-        "train.learning_rate": lr,
-        "train.batch_size": batch_size,
-        "train.gradient_accumulation_steps": grad_accum,
-        "train.seed": seed,
-        "train.overwrite": True if overwrite else None,
-        "peft.method": "lora" if lora else None,
-        "train.progress": "quiet" if quiet else None,
-    }
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(OptionGroup):
+    """The training options of ``finetune`` and ``pretrain``, and the config keys they set."""
+
+    model: Model = None
+    dataset: Dataset = None
+    output_dir: OutputDir = None
+    epochs: Epochs = None
+    max_steps: MaxSteps = None
+    lr: LearningRate = None
+    batch_size: BatchSize = None
+    grad_accum: GradAccum = None
+    seed: Seed = None
+    overwrite: Overwrite = False
+    resume: Resume = None
+    trust_remote_code: TrustRemoteCode = False
+    lora: Lora = False
+    quiet: Quiet = False
+
+    def flags(self) -> dict[str, Any]:
+        """Dotted config keys for these flags (None: flag not given); the dotted key doubles as
+        the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
+        return {
+            "train.resume": self.resume,
+            "model.trust_remote_code": True if self.trust_remote_code else None,
+            "model.name_or_path": self.model,
+            "data.dataset": self.dataset,
+            "train.output_dir": self.output_dir,
+            "train.epochs": self.epochs,
+            "train.max_steps": self.max_steps,
+            "train.learning_rate": self.lr,
+            "train.batch_size": self.batch_size,
+            "train.gradient_accumulation_steps": self.grad_accum,
+            "train.seed": self.seed,
+            "train.overwrite": True if self.overwrite else None,
+            "peft.method": "lora" if self.lora else None,
+            "train.progress": "quiet" if self.quiet else None,
+        }
