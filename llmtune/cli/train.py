@@ -78,7 +78,7 @@ def pretrain(
         typer.Option("--objective", help="clm (causal, GPT-style) or mlm (masked, BERT-style); default: the recipe's."),
     ] = None,
     recipe: c.Recipe = None,
-    model: Annotated[  # TrainOptions.model, with pretrain's help
+    model: Annotated[  # a TrainOptions option, declared here for pretrain's help text (the value goes to `train`)
         Optional[str], typer.Option("--model", "-m", help="Continue pretraining this Hub id or folder.")
     ] = None,
     model_config: Annotated[
@@ -90,12 +90,12 @@ def pretrain(
     tokenizer: Annotated[
         Optional[str], typer.Option("--tokenizer", help="Tokenizer folder (required from scratch).")
     ] = None,
-    train: c.TrainOptions = c.TrainOptions(),
+    train: c.TrainOptions = c.TrainOptions(),  # --dataset ... --seed here; --model and the switches below
     block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per packed block.")] = None,
     streaming: Annotated[
         bool, typer.Option("--streaming", help="Stream the dataset (IterableDataset) end to end.")
     ] = False,
-    # TrainOptions declared here to stay after --block-size and --streaming in --help (values go to `train`)
+    # TrainOptions options, declared here to stay after --block-size and --streaming in --help
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
