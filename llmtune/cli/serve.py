@@ -31,6 +31,7 @@ def check_port(host: str, port: int) -> None:
 
 @app.command()
 @c.handle_errors
+@c.option_groups
 def serve(
     model: c.InferModel = None,
     task: c.InferTask = None,
@@ -50,20 +51,14 @@ def serve(
     max_tokens_limit: Annotated[
         int, typer.Option("--max-tokens-limit", help="Most new tokens a request may ask for.")
     ] = 2048,
-    max_new_tokens: c.MaxNewTokens = None,
+    max_new_tokens: c.MaxNewTokens = None,  # a Sampling option, declared here for its place in --help
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")
     ] = 1_000_000,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Batch size for /v1/predict and multi-prompt completions.")
     ] = 8,
-    temperature: c.Temperature = 0.7,
-    top_p: c.TopP = 1.0,
-    top_k: c.TopK = 0,
-    repetition_penalty: c.RepetitionPenalty = 1.0,
-    seed: c.GenSeed = None,
-    greedy: c.Greedy = False,
-    stop: c.Stop = None,
+    sampling: c.Sampling = c.Sampling(),
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
@@ -90,9 +85,7 @@ def serve(
     ):
         if value < 1:
             c.fail(f"{flag} must be >= 1, got {value}")
-    defaults = c.generation_settings(
-        max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, stop, min(256, max_tokens_limit)
-    )
+    defaults = sampling.settings(min(256, max_tokens_limit))
     if defaults.max_new_tokens > max_tokens_limit:
         c.fail(f"--max-new-tokens {defaults.max_new_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
     check_port(host, port)  # before the (slow) model load

@@ -51,23 +51,11 @@ def resolve_and_run(
 @app.command()
 @c.handle_errors
 @launchable
+@c.option_groups
 def finetune(
     task: c.Task = None,
     recipe: c.Recipe = None,
-    model: c.Model = None,
-    dataset: c.Dataset = None,
-    output_dir: c.OutputDir = None,
-    epochs: c.Epochs = None,
-    max_steps: c.MaxSteps = None,
-    lr: c.LearningRate = None,
-    batch_size: c.BatchSize = None,
-    grad_accum: c.GradAccum = None,
-    seed: c.Seed = None,
-    overwrite: c.Overwrite = False,
-    resume: c.Resume = None,
-    trust_remote_code: c.TrustRemoteCode = False,
-    lora: c.Lora = False,
-    quiet: c.Quiet = False,
+    train: c.TrainOptions = c.TrainOptions(),
     gguf_file: c.GgufFile = None,
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
@@ -76,24 +64,21 @@ def finetune(
     """Fine-tune a pretrained model on a task (sentiment, text-classification, ...)."""
     if task is None and recipe is None:
         task = "sentiment"
-    flags = c.train_flags(
-        model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, lora=lora, quiet=quiet,
-    )  # fmt: skip
-    flags["model.gguf_file"] = gguf_file
+    flags = {**train.flags(), "model.gguf_file": gguf_file}
     resolve_and_run(recipe, task, sets, flags, dry_run, launch)
 
 
 @app.command()
 @c.handle_errors
 @launchable
+@c.option_groups
 def pretrain(
     objective: Annotated[
         Optional[str],
         typer.Option("--objective", help="clm (causal, GPT-style) or mlm (masked, BERT-style); default: the recipe's."),
     ] = None,
     recipe: c.Recipe = None,
-    model: Annotated[
+    model: Annotated[  # a TrainOptions option, declared here for pretrain's help text (the value goes to `train`)
         Optional[str], typer.Option("--model", "-m", help="Continue pretraining this Hub id or folder.")
     ] = None,
     model_config: Annotated[
@@ -105,18 +90,12 @@ def pretrain(
     tokenizer: Annotated[
         Optional[str], typer.Option("--tokenizer", help="Tokenizer folder (required from scratch).")
     ] = None,
-    dataset: c.Dataset = None,
-    output_dir: c.OutputDir = None,
-    epochs: c.Epochs = None,
-    max_steps: c.MaxSteps = None,
-    lr: c.LearningRate = None,
-    batch_size: c.BatchSize = None,
-    grad_accum: c.GradAccum = None,
-    seed: c.Seed = None,
+    train: c.TrainOptions = c.TrainOptions(),  # --dataset ... --seed here; --model and the switches below
     block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per packed block.")] = None,
     streaming: Annotated[
         bool, typer.Option("--streaming", help="Stream the dataset (IterableDataset) end to end.")
     ] = False,
+    # TrainOptions options, declared here to stay after --block-size and --streaming in --help
     overwrite: c.Overwrite = False,
     resume: c.Resume = None,
     trust_remote_code: c.TrustRemoteCode = False,
@@ -139,18 +118,13 @@ def pretrain(
             c.fail(f"recipe '{recipe}' is not a pretraining recipe (task: {recipe_task}): use finetune, or --objective")
     if objective is None and recipe is None:
         c.fail("pass --objective clm|mlm or a pretraining --recipe (e.g. clm-smoke)")
-    flags = c.train_flags(
-        model, dataset, output_dir, epochs, max_steps, lr, batch_size, grad_accum, seed, overwrite, resume,
-        trust_remote_code, lora=lora, quiet=quiet,
-    )  # fmt: skip
-    flags.update(
-        {
-            "model.config": model_config,
-            "model.tokenizer": tokenizer,
-            "options.block_size": block_size,
-            "data.streaming": True if streaming else None,
-        }
-    )
+    flags = {
+        **train.flags(),
+        "model.config": model_config,
+        "model.tokenizer": tokenizer,
+        "options.block_size": block_size,
+        "data.streaming": True if streaming else None,
+    }
     resolve_and_run(recipe, objective, sets, flags, dry_run, launch, task_flag="--objective")
 
 
