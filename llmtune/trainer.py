@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,19 +77,22 @@ def llmtune_trainer(base: type) -> type:
                 self._window_start, self._window_paused, self._window_counts = time.perf_counter(), 0.0, None
             return super().log(logs, *args, **kwargs)
 
-        def evaluate(self, *args, **kwargs):
+        @contextlib.contextmanager
+        def _outside_window(self):
+            """Time spent here (evaluation, checkpoints) does not count in the logged speeds."""
             started = time.perf_counter()
             try:
-                return super().evaluate(*args, **kwargs)
+                yield
             finally:
                 self._window_paused += time.perf_counter() - started
 
+        def evaluate(self, *args, **kwargs):
+            with self._outside_window():
+                return super().evaluate(*args, **kwargs)
+
         def _save_checkpoint(self, *args, **kwargs):
-            started = time.perf_counter()
-            try:
+            with self._outside_window():
                 return super()._save_checkpoint(*args, **kwargs)
-            finally:
-                self._window_paused += time.perf_counter() - started
 
         eval_data_collator = None  # the eval loop's collator when it differs from training's
 

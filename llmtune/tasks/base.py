@@ -248,6 +248,13 @@ def predict_outputs(trainer: Any, split: Any) -> Any:
         trainer.compute_metrics = saved
 
 
+def unused_data_columns(cfg: Any, task: str, instead: str) -> list[str]:
+    """Problems for the generic ``data.*_column`` keys set on a task that names its columns in its
+    own options (``instead``)."""
+    keys = ("text_column", "text_pair_column", "label_column")
+    return [f"data.{k} is not used by {task}: name columns with {instead}" for k in keys if getattr(cfg.data, k)]
+
+
 def require_fast_tokenizer(tokenizer: Any, task: str, why: str) -> None:
     if not getattr(tokenizer, "is_fast", False):
         from llmtune.errors import LlmtuneError

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
+from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
 from llmtune.tasks.dpo.collator import PairCollator
 from llmtune.tasks.dpo.data import REF_COLUMNS, SKIP_REASONS, batch_encoder, column_layout
@@ -62,9 +62,7 @@ class DPOTask(Task):
             p.append(problem)
         if cfg.data.streaming:
             p.append("data.streaming is not supported by dpo (pairs are checked and counted up front): drop it")
-        for key in ("text_column", "text_pair_column", "label_column"):
-            if getattr(cfg.data, key):
-                p.append(f"data.{key} is not used by dpo: name columns with options.prompt_column/chosen_column/...")
+        p.extend(unused_data_columns(cfg, "dpo", "options.prompt_column/chosen_column/..."))
         return p
 
     # ---- tokenizer ----------------------------------------------------------------------------

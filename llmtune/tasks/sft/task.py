@@ -10,7 +10,15 @@ import itertools
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import Default, RunContext, Task, require_content, sequence_limit, tokenize_split
+from llmtune.tasks.base import (
+    Default,
+    RunContext,
+    Task,
+    require_content,
+    sequence_limit,
+    tokenize_split,
+    unused_data_columns,
+)
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
 from llmtune.tasks.common.lm_eval import generation_quality, lm_eval_batch_args, lm_eval_step, perplexity, total_loss
 from llmtune.tasks.sft.data import batch_encoder, column_layout, inference_layout, row_conversation
@@ -62,9 +70,7 @@ class SFTTask(Task):
             p.append(problem)
         if o.messages_column and (o.prompt_column or o.response_column):
             p.append("set options.messages_column or options.prompt_column/response_column, not both")
-        for key in ("text_column", "text_pair_column", "label_column"):
-            if getattr(cfg.data, key):
-                p.append(f"data.{key} is not used by sft: name columns with options.prompt_column/response_column")
+        p.extend(unused_data_columns(cfg, "sft", "options.prompt_column/response_column"))
         return p
 
     # ---- tokenizer and chat template ----------------------------------------------------------
