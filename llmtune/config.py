@@ -221,6 +221,10 @@ class TrainArgs:
     # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
     # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
     liger_kernel: bool = False
+    # Causal LM loss (clm, sft, dpo) computed over slices of this many target tokens, so the
+    # [batch, sequence, vocabulary] logits never exist at once (each slice's logits are recomputed
+    # in the backward pass); same loss and gradients. None = off (the whole batch's logits).
+    loss_chunk_size: int | None = bounded(None, ge=1)
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
@@ -582,6 +586,16 @@ def validate_config(
         )
     if t.early_stopping_patience is not None and t.eval_strategy == "no":
         p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
+    if t.loss_chunk_size is not None and t.liger_kernel:
+        p.append(
+            "train.loss_chunk_size and train.liger_kernel: Liger's fused linear cross-entropy already computes the loss "
+            "without the whole logits (faster, on GPU): drop train.loss_chunk_size"
+        )
+    if t.loss_chunk_size is not None and task is not None and not task.causal_lm_loss:
+        p.append(
+            f"train.loss_chunk_size applies to causal language-model losses (tasks clm, sft, dpo); task {task.name} "
+            f"has none: drop train.loss_chunk_size"
+        )
     if "none" in t.report_to and len(t.report_to) > 1:
         p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:
