@@ -345,7 +345,9 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
     title = f"{Path(output_dir).name}: {cfg.task}, {cfg.model.name_or_path or cfg.model.config}"
     stopper = stop_on_signal_callback()
-    keep_final = cfg.train.save_final_checkpoint or bool(args.load_best_model_at_end)
+    # best-model selection may pick the last evaluation's checkpoint: written, then removed with the
+    # others once the run has saved its model (llmtune.runner)
+    keep_final = cfg.train.keep_checkpoints or bool(args.load_best_model_at_end)
     callbacks = [
         stopper,
         skip_final_checkpoint_callback(stopper, keep_final),
