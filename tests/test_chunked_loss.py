@@ -125,6 +125,21 @@ def test_loss_and_gradients_equal_transformers_loss(kind, layout):
         assert spy.rows[0] == 0 and max(spy.rows) == CHUNK and len(spy.rows) == 1 + 2 * slices
 
 
+def test_with_gradient_checkpointing_of_the_model():
+    from llmtune.tasks.common.chunked_loss import causal_lm_nll
+
+    model = tiny("llama")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # checkpointing is active in training mode (Llama has no dropout by default)
+    inputs, labels = padded_batch()
+    model(**inputs, labels=labels).loss.backward()
+    expected = grads(model)
+    model.zero_grad()
+    total, count = causal_lm_nll(model, inputs, labels, CHUNK)
+    (total / count).backward()
+    assert_same_grads(expected, grads(model))
+
+
 def test_lora_gradients_equal(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
