@@ -373,3 +373,21 @@ def test_refused_where_it_cannot_apply(args, needle, cli):
 def test_bounds(cli):
     result = cli("pretrain", "--recipe", "clm-smoke", "--set", "train.loss_chunk_size=0", "--dry-run")
     assert result.exit_code == 2 and "train.loss_chunk_size must be >= 1, got 0" in result.output
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_run(tmp_path):
+    """DDP: the chunked loss runs the wrapped model's forward, so gradients are averaged across
+    processes as with the plain loss (a rank-local gradient would drift apart within steps)."""
+    from tests.run_utils import llmtune, losses, same_weights
+
+    common = ["pretrain", "--recipe", "clm-smoke", "--max-steps", "4", "--batch-size", "4", "--num-processes", "2"]
+    common += ["--set", "train.logging_steps=1", "--set", "train.report_to=[none]"]
+    plain, chunked = tmp_path / "plain", tmp_path / "chunked"
+    result = llmtune([*common, "-o", str(plain)])
+    assert result.returncode == 0, result.stderr
+    result = llmtune([*common, "-o", str(chunked), "--set", "train.loss_chunk_size=16"])
+    assert result.returncode == 0, result.stderr
+    assert len(losses(plain)) == 4
+    assert losses(chunked) == pytest.approx(losses(plain), rel=1e-5, abs=1e-6)
+    assert same_weights(chunked, plain, exact=False, atol=1e-5)
