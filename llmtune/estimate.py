@@ -508,6 +508,7 @@ class Measured:
     process_peak: float  # the child's peak resident memory, from outside
     steps: int
     loss_chunk_size: int | None  # the run's train.loss_chunk_size
+    full_rows: bool  # every row is the sequence length (pretraining blocks), as the estimate assumes
 
 
 def measure_plan(req: Request, target: Target, output_dir: str) -> tuple[list[str], Any, str, str]:
@@ -637,6 +638,7 @@ def measure(req: Request, target: Target) -> Measured:
         process_peak=float(max_rss),
         steps=sum(1 for r in log_rows if "loss" in r),
         loss_chunk_size=cfg.train.loss_chunk_size,
+        full_rows=cfg.task in ("clm", "mlm") and getattr(cfg.options, "packing", "blocks") == "blocks",
     )
 
 
@@ -688,7 +690,7 @@ def run_measure(req: Request, target: Target, arch: Any, params: Any) -> list[st
             + held
             + ", which the estimate leaves out; the second row is the step peak minus that starting point"
         )
-    if target.task not in ("clm", "mlm"):  # pretraining blocks are all seq_len long
+    if not m.full_rows:
         lines.append(
             f"  the estimate assumes {target.batch_size} rows of {target.seq_len} tokens per micro-batch: this run's "
             f"rows are as long as its data (padded to the batch's longest, or packed), so it may measure less"

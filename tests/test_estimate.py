@@ -186,6 +186,10 @@ def test_measure_prints_the_estimate_next_to_the_measured_peak(recipe, cli, tmp_
     difference = result.output.split("training step peak", 1)[1].splitlines()[0].split()[-2]
     assert int(difference) == pytest.approx(100 * (measured - estimate) / estimate, rel=0.01, abs=1)  # rounded MiB
     assert not list(tmp_path.glob("llmtune-measure-*"))  # the run's folder is gone
+    # sft's packed rows are shorter than the estimate's rows of data.max_length; clm blocks are not
+    assert (f"{target.batch_size} rows of {target.seq_len} tokens per micro-batch" in result.output) == (
+        recipe == "sft-smoke"
+    )
 
 
 def test_measure_reports_a_failed_run_in_one_line(cli, tmp_path):
