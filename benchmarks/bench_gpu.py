@@ -20,7 +20,8 @@ statistics do not leak between them):
   Liger kernels when installed, fused AdamW, no compile, no gradient checkpointing;
 - the reference with one option changed: ``+compile``, ``-liger`` / ``+liger``, ``sdpa`` (when the
   reference has FlashAttention-2), ``padded`` (one document per row, padded batches),
-  ``+grad-ckpt``;
+  ``+grad-ckpt``, ``chunked loss`` (``train.loss_chunk_size=4096``, in place of Liger's fused
+  cross-entropy when the reference has it: the two exclude each other);
 - ``plain Trainer``: ``transformers.Trainer`` with default ``TrainingArguments`` except
   ``bf16=True`` (on a GPU), the batch size and the step count, and
   ``DataCollatorForLanguageModeling(mlm=False)`` (padded batches): what a short hand-written
@@ -84,6 +85,7 @@ FULL = dict(
     docs_per_step=16,
     median_doc=450,
 )
+CHUNK, CHUNK_SMOKE = 4096, 32  # train.loss_chunk_size of the chunked-loss variant
 SMOKE = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -254,6 +256,7 @@ def llmtune_trainer(model: Any, tok: Any, dataset: Any, size: dict, steps: int, 
             "compile": options["compile"],
             "liger_kernel": options["liger"],
             "gradient_checkpointing": options["grad_ckpt"],
+            "loss_chunk_size": options.get("chunk"),
             "seed": 0,
         },
         "options": {"block_size": size["seq"], "packing": "documents" if options["packing"] else "padded"},
@@ -328,6 +331,7 @@ def variants(smoke: bool, cuda: bool) -> tuple[list[dict], list[str]]:
     compile_ok = not smoke and hardware.compile_problem("cuda" if cuda else "cpu", None) is None
     ref = {"attn": "flash_attention_2" if fa2 else "sdpa", "packing": True, "liger": liger, "compile": False}
     ref["grad_ckpt"] = False
+    ref["chunk"] = None
     runs = [("reference", ref)]
     skipped = []
     if compile_ok:
@@ -350,6 +354,8 @@ def variants(smoke: bool, cuda: bool) -> tuple[list[dict], list[str]]:
         )
     runs.append(("padded instead of packed", {**ref, "packing": False}))
     runs.append(("+grad-ckpt", {**ref, "grad_ckpt": True}))
+    chunked = "chunked loss instead of Liger" if ref["liger"] else "+chunked loss"
+    runs.append((chunked, {**ref, "liger": False, "chunk": CHUNK_SMOKE if smoke else CHUNK}))
     specs = [{"name": name, "kind": "llmtune", "options": opts} for name, opts in runs]
     specs.append({"name": "plain Trainer", "kind": "plain", "options": {}})
     return specs, skipped
@@ -365,6 +371,7 @@ def describe(opts: dict) -> str:
             "compile" if opts["compile"] else "no compile",
             "Liger" if opts["liger"] else "no Liger",
             "grad ckpt" if opts["grad_ckpt"] else "no grad ckpt",
+            *([f"loss in slices of {opts['chunk']}"] if opts.get("chunk") else []),
         ]
     )
 

@@ -126,11 +126,15 @@ def resolve_resume(spec: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
-def remove_checkpoints(output_dir: str | Path) -> None:
-    """Delete checkpoints and leftover partial saves (``--overwrite``)."""
-    for path in Path(output_dir).glob("*checkpoint-*"):
+def remove_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete checkpoints and leftover partial saves (``--overwrite``, and a completed run without
+    ``train.keep_checkpoints``); returns the folders deleted."""
+    removed = []
+    for path in sorted(Path(output_dir).glob("*checkpoint-*"), key=lambda p: (checkpoint_step(p) or -1, p.name)):
         if path.is_dir() and (checkpoint_step(path) is not None or path.name.startswith(STAGING_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def remove_partial(output_dir: str | Path) -> None:
@@ -327,8 +331,10 @@ def skip_final_checkpoint_callback(stopper: Any, keep: bool) -> Any:
     Trainer saves at the end of training (``max_steps`` reached, or the epoch that holds it ends)
     whatever the save schedule. A completed run needs no checkpoint (full optimizer state,
     several times the model's size) next to its saved model: checkpoints exist to resume a run
-    that stopped. Kept when ``keep`` (``train.save_final_checkpoint``, or best-model selection,
-    which may pick the last evaluation's checkpoint) or when a signal stopped the run.
+    that stopped. Kept when ``keep`` (``train.keep_checkpoints``, or best-model selection, which
+    may pick the last evaluation's checkpoint) or when a signal stopped the run. A completed run
+    deletes its checkpoints once its model is saved, unless ``train.keep_checkpoints``
+    (:mod:`llmtune.runner`).
     """
     from transformers import TrainerCallback
 

@@ -196,10 +196,12 @@ class TrainArgs:
     eval_strategy: str = choice("epoch", "epoch", "steps", "no")
     eval_steps: int | None = bounded(None, ge=1)
     save_total_limit: int | None = bounded(2, ge=1)
-    # Keep a checkpoint (weights + optimizer state) of the last step of a completed run, e.g. to
-    # extend the run later with --resume. Off: the saved model is the result; checkpoints are
-    # written at save points during training and when a signal stops the run.
-    save_final_checkpoint: bool = False
+    # Keep the checkpoints (weights + optimizer state) of a completed run, one of its last step
+    # included, e.g. to extend it later with --resume. Off: once the run has saved its model (the
+    # best or the last one), its checkpoints are deleted; they exist while a run is unfinished
+    # (written at save points and when a signal stops it) so that it can be resumed.
+    # Old name: save_final_checkpoint (still read).
+    keep_checkpoints: bool = False
     load_best_model_at_end: bool = True
     # None = the task's main metric.
     metric_for_best_model: str | None = None
@@ -221,6 +223,10 @@ class TrainArgs:
     # Liger Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) for the
     # architectures that have them; CUDA only, pip install 'llmtune[liger]'.
     liger_kernel: bool = False
+    # Causal LM loss (clm, sft, dpo) computed over slices of this many target tokens, so the
+    # [batch, sequence, vocabulary] logits never exist at once (each slice's logits are recomputed
+    # in the backward pass); same loss and gradients. None = off (the whole batch's logits).
+    loss_chunk_size: int | None = bounded(None, ge=1)
     # Batch examples of similar length together: less padding, faster epochs.
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
@@ -264,6 +270,24 @@ class PeftArgs:
     merge: bool = True
     # QLoRA: 4-bit NF4 base weights (bitsandbytes, double quantisation, bf16 compute); CUDA only.
     load_in_4bit: bool = False
+
+
+# Renamed keys: the old name is still read (older recipes stay valid), the new one is saved.
+RENAMED_KEYS = {"train.save_final_checkpoint": "train.keep_checkpoints"}
+
+
+def rename_keys(tree: dict, problems: list[str]) -> None:
+    """Move values set under an old key name (:data:`RENAMED_KEYS`) to the new one, in place."""
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]
+        values = tree.get(section)
+        if not isinstance(values, dict) or old_key not in values:
+            continue
+        value = values.pop(old_key)
+        if new_key in values and values[new_key] != value:
+            problems.append(f"{old} is the old name of {new}, and the two disagree: set only {new}")
+        values.setdefault(new_key, value)
 
 
 # sft's old LoRA options, now the shared peft section: refused with a pointer to the new key.
@@ -582,6 +606,16 @@ def validate_config(
         )
     if t.early_stopping_patience is not None and t.eval_strategy == "no":
         p.append("train.early_stopping_patience needs evaluation: set train.eval_strategy to epoch or steps")
+    if t.loss_chunk_size is not None and t.liger_kernel:
+        p.append(
+            "train.loss_chunk_size and train.liger_kernel: Liger's fused linear cross-entropy already computes the loss "
+            "without the whole logits (faster, on GPU): drop train.loss_chunk_size"
+        )
+    if t.loss_chunk_size is not None and task is not None and not task.causal_lm_loss:
+        p.append(
+            f"train.loss_chunk_size applies to causal language-model losses (tasks clm, sft, dpo); task {task.name} "
+            f"has none: drop train.loss_chunk_size"
+        )
     if "none" in t.report_to and len(t.report_to) > 1:
         p.append(f"train.report_to: 'none' cannot be combined with other integrations, got {t.report_to}")
     if t.resume is not None and t.overwrite:

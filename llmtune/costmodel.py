@@ -13,7 +13,8 @@ for :func:`arch_from_config`, a model built on the meta device for :func:`count_
   counted tensor by tensor from what the layers keep for the backward pass (see
   :func:`activation_bytes`), with and without gradient checkpointing, plus the loss head's peak
   (logits, log-softmax and their gradients), the largest single item for small models with large
-  vocabularies. Checked against measured allocations in ``benchmarks/bench_estimate.py``.
+  vocabularies, or one slice's worth with a chunked loss (``train.loss_chunk_size``). Checked
+  against measured allocations in ``benchmarks/bench_estimate.py``.
 - Compute: training FLOPs ~= 6 x parameters x tokens plus attention (12 x layers x hidden x
   sequence per token), time at a stated MFU on a table of GPUs (peak dense bf16 TFLOP/s), the
   compute-optimal token count (~20 tokens per parameter, Hoffmann et al. 2022) and, for a budget
@@ -266,6 +267,7 @@ class Setup:
     sharding: str = "ddp"
     gradient_checkpointing: bool = False
     device: str = "cuda"  # cpu: dropout keeps float masks, SDPA with dropout keeps s x s scores
+    loss_chunk_size: int | None = None  # train.loss_chunk_size: the loss head's peak is one slice's
 
 
 def _dtypes(precision: str) -> tuple[int, int, int]:
@@ -345,11 +347,16 @@ def activation_bytes(arch: Arch, setup: Setup, lm_head: bool = True) -> float:
     # head's peak comes first, at the start of the backward pass, and is gone before the blocks'
     # backward (and, with checkpointing, their recomputation) starts: the two do not add up.
     workspace = 2 * (arch.hidden + arch.intermediate) * e_a
-    head = head_peak_bytes(arch, setup, lm_head)
+    head = head_peak_bytes(arch, setup, lm_head) * tokens
+    if setup.loss_chunk_size and head:
+        # chunked cross-entropy: one slice's logits at a time, plus a copy of the projected
+        # positions' hidden states (and its gradient)
+        head = head / tokens * min(tokens, setup.loss_chunk_size)
+        edges += 2 * arch.hidden * e_r
     if setup.gradient_checkpointing:
         # each block keeps only its input; one block's activations exist again while it is recomputed
-        return tokens * (arch.layers * arch.hidden * e_r + edges + max(head, per_layer + workspace))
-    return tokens * (arch.layers * per_layer + edges + max(head, workspace))
+        return tokens * (arch.layers * arch.hidden * e_r + edges) + max(head, tokens * (per_layer + workspace))
+    return tokens * (arch.layers * per_layer + edges) + max(head, tokens * workspace)
 
 
 @dataclass
@@ -430,15 +437,24 @@ def train_seconds(flops: float, gpu: GPU, gpus: int, mfu: float) -> float:
 # what would make it fit
 
 
+#: the slice a suggested chunked loss uses (train.loss_chunk_size)
+SUGGESTED_LOSS_CHUNK = 4096
+
+
 def fitting_knobs(arch: Arch, params: Params, setup: Setup, budget: float, lm_head: bool,
-                  lora: Params | None) -> list[str]:  # fmt: skip
-    """Changes to ``setup`` that bring the per-GPU total under ``budget`` bytes, cheapest first."""
+                  lora: Params | None, causal_lm: bool = False) -> list[str]:  # fmt: skip
+    """Changes to ``setup`` that bring the per-GPU total under ``budget`` bytes, cheapest first
+    (``causal_lm``: the loss may be chunked, train.loss_chunk_size)."""
     out = []
 
     def fits(s: Setup, p: Params = params) -> float | None:
         total = memory(arch, p, s, lm_head).total
         return total if total <= budget else None
 
+    chunk = SUGGESTED_LOSS_CHUNK
+    chunkable = causal_lm and lm_head and not setup.loss_chunk_size and setup.batch_size * setup.seq_len > chunk
+    if chunkable and (t := fits(replace(setup, loss_chunk_size=chunk))):
+        out.append(f"chunked cross-entropy (--set train.loss_chunk_size={chunk}): {t / GIB:.1f} GiB")
     if not setup.gradient_checkpointing and (t := fits(replace(setup, gradient_checkpointing=True))):
         out.append(f"gradient checkpointing (--set train.gradient_checkpointing=true): {t / GIB:.1f} GiB")
     batch = setup.batch_size

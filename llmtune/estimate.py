@@ -4,7 +4,14 @@ The command side: it resolves what to estimate from a recipe or flags (:func:`re
 model's config (:func:`load_model_config`, config.json only) and builds the model on the meta
 device (:func:`meta_model`: no weights read or allocated, so the parameter count is the model's
 own), then hands them to the cost model (:mod:`llmtune.costmodel`, the formulas) and prints its
-figures as a table (:func:`run_estimate`).
+figures as a table (:func:`estimate_sections`).
+
+``--measure`` checks the estimate on this machine (:func:`run_measure`): the run itself
+(``llmtune finetune|pretrain`` in a child process, a few optimizer steps, the estimate's batch,
+sequence length and precision, output in a temporary folder removed afterwards) reports the peak
+memory of its training steps (CPU: resident memory; GPU: ``torch.cuda.max_memory_allocated``) and
+what it held when training began; the child's whole-process peak resident memory is read from
+outside (``os.wait4``). Both are printed next to this machine's estimate.
 
 Module level stays torch-free; torch/transformers/accelerate are imported by the functions that
 build a model.
@@ -12,6 +19,7 @@ build a model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -113,6 +121,8 @@ class Request:
     lora_targets: list[str] | None = None
     vocab_size: int | None = None
     trust_remote_code: bool = False
+    measure: bool = False
+    measure_steps: int | None = None
 
 
 @dataclass
@@ -132,6 +142,9 @@ class Target:
     notes: list[str] = field(default_factory=list)
     lora_r: int | None = None
     lora_targets: list[str] | None = None
+    task: str | None = None
+    causal_lm: bool = False  # a causal LM loss (train.loss_chunk_size applies)
+    loss_chunk_size: int | None = None
 
 
 def _precision(value: str) -> str:
@@ -143,6 +156,14 @@ def _precision(value: str) -> str:
     if value not in PRECISIONS:
         raise LlmtuneError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{value}'")
     return "mixed" if value in ("bf16", "fp16") else value
+
+
+def _causal_lm(task_name: str | None, auto_class: str) -> bool:
+    if task_name:
+        from llmtune.tasks import get_task
+
+        return get_task(task_name).causal_lm_loss
+    return auto_class.endswith(("ForCausalLM", "LMHeadModel"))
 
 
 def _class_for(config: Any, task_name: str | None) -> tuple[str, bool, bool]:
@@ -205,6 +226,7 @@ def resolve(req: Request) -> Target:
         req.tokens,
     )
     vocab = req.vocab_size
+    chunk = None
     if req.recipe:
         from llmtune.resolve import load_config
 
@@ -216,6 +238,7 @@ def resolve(req: Request) -> Target:
         batch = batch or cfg.train.batch_size
         precision = precision or cfg.train.precision
         ckpt = cfg.train.gradient_checkpointing if ckpt is None else ckpt
+        chunk = cfg.train.loss_chunk_size
         if tokens is None and cfg.train.max_steps > 0:
             tokens = (
                 cfg.train.max_steps * cfg.train.batch_size * cfg.train.gradient_accumulation_steps * seq_len * req.gpus
@@ -263,6 +286,9 @@ def resolve(req: Request) -> Target:
         notes=notes,
         lora_r=req.lora_r,
         lora_targets=req.lora_targets,
+        task=task_name,
+        causal_lm=_causal_lm(task_name, auto_class),
+        loss_chunk_size=chunk,
     )
 
 
@@ -316,15 +342,21 @@ def budget_text(req: Request, gpu: GPU) -> list[str]:
     ]
 
 
-def run_estimate(req: Request) -> str:
+def estimate_sections(req: Request) -> Iterator[str]:
+    """The printed estimate, section by section: with --measure, the estimate comes out before the
+    measuring run starts (it takes a while), then a line saying it runs, then the measured figures."""
     gpu = get_gpu(req.gpu)
     if req.sharding not in SHARDINGS:
         raise LlmtuneError(f"--sharding must be one of {', '.join(SHARDINGS)}, got '{req.sharding}'")
+    asked = req
+    if req.measure or req.measure_steps is not None:
+        check_measure_request(req)
     if not (req.model or req.model_config or req.recipe):
         if req.gpu_hours is None:
             raise LlmtuneError("nothing to estimate: pass --model, --model-config or --recipe, or --gpu-hours")
         require_positive(req.gpu_hours, "--gpu-hours")
-        return "\n".join(budget_text(req, gpu))
+        yield "\n".join(budget_text(req, gpu))
+        return
     target = resolve(req)
     req = replace(req, lora_r=target.lora_r, lora_targets=target.lora_targets)
     arch = arch_from_config(target.config)
@@ -332,7 +364,8 @@ def run_estimate(req: Request) -> str:
     params = count_parameters(model)
     lora_params = count_parameters(model, req.lora_r or 16, req.lora_targets, target.train_head)
     active = lora_params if req.lora_r else params
-    setup = Setup(target.batch_size, target.seq_len, target.precision, req.gpus, req.sharding, target.checkpointing)
+    setup = Setup(target.batch_size, target.seq_len, target.precision, req.gpus, req.sharding, target.checkpointing,
+                  loss_chunk_size=target.loss_chunk_size)  # fmt: skip
     mem = memory(arch, active, setup, target.lm_head)
     other_acts = activation_bytes(arch, replace(setup, gradient_checkpointing=not setup.gradient_checkpointing),
                                   target.lm_head)  # fmt: skip
@@ -359,7 +392,8 @@ def run_estimate(req: Request) -> str:
     lines += [
         f"setup        {target.batch_size} x {target.seq_len} tokens per GPU micro-batch, {PRECISION_TEXT[target.precision]}, "
         f"{req.gpus} x {req.gpu} ({gpu.memory_gib:g} GiB), {sharding}, gradient checkpointing "
-        f"{'on' if target.checkpointing else 'off'}",
+        f"{'on' if target.checkpointing else 'off'}"
+        + (f", loss in slices of {target.loss_chunk_size} tokens" if target.loss_chunk_size else ""),
         *(f"             {n}" for n in target.notes),
         *(
             [f"             warning: --seq-len {target.seq_len} exceeds the model's {max_pos} positions"]
@@ -384,7 +418,7 @@ def run_estimate(req: Request) -> str:
     )
     if mem.total > budget:
         lora_alt = None if req.lora_r else count_parameters(model, 16, None, target.train_head)
-        knobs = fitting_knobs(arch, active, setup, budget, target.lm_head, lora_alt)
+        knobs = fitting_knobs(arch, active, setup, budget, target.lm_head, lora_alt, target.causal_lm)
         lines.append(
             "  would fit with:" if knobs else "  no single knob makes it fit: combine them, or pick a bigger GPU"
         )
@@ -424,4 +458,241 @@ def run_estimate(req: Request) -> str:
         lines.append(f"  ({req.gpu}: {gpu.note})")
     if req.gpu_hours:
         lines += ["", *budget_text(req, gpu)]
-    return "\n".join(lines)
+    yield "\n".join(lines)
+    if req.measure:
+        steps = asked.measure_steps or DEFAULT_MEASURE_STEPS
+        yield f"\nmeasuring: {steps} optimizer step{'s' * (steps != 1)} of this run on this machine ..."
+        yield "\n".join(run_measure(asked, target, arch, active))
+
+
+# ---------------------------------------------------------------------------------------------
+# --measure: the run itself, a few steps on this machine
+
+DEFAULT_MEASURE_STEPS = 3
+MIB = 2**20
+
+
+def check_measure_request(req: Request) -> None:
+    """What --measure cannot do, refused before anything is read or run."""
+    if not req.measure:
+        raise LlmtuneError("--measure-steps sets how long --measure runs: add --measure")
+    if req.measure_steps is not None and req.measure_steps < 1:
+        raise LlmtuneError(f"--measure-steps must be >= 1, got {req.measure_steps}")
+    if not req.recipe and not req.model:
+        raise LlmtuneError(
+            "--measure trains the model for a few steps: pass --recipe NAME|FILE (a recipe names the model, "
+            "tokenizer and data), or --model with --task and its data (--set data.dataset=...)"
+        )
+    if req.model and not req.task:
+        raise LlmtuneError("--measure with --model needs --task (or --objective): which task to train")
+    if req.gpus != 1 or req.sharding != "ddp":
+        raise LlmtuneError(
+            "--measure runs on one device of this machine: drop --gpus/--sharding (measure one device's share)"
+        )
+    if req.vocab_size is not None:
+        raise LlmtuneError("--measure trains with the tokenizer's vocabulary: drop --vocab-size")
+    if req.precision and req.precision.strip().lower() == "pure-bf16":
+        raise LlmtuneError("--measure: runs have no pure-bf16 precision (train.precision: fp32, bf16, fp16): pick one")
+
+
+@dataclass
+class Measured:
+    """What a --measure run reported (bytes)."""
+
+    command: list[str]
+    seconds: float
+    device: str  # cuda | cpu
+    precision: str  # the run's train.precision: fp32 | bf16 | fp16
+    step_peak: float  # the training steps' peak: GPU allocated, or resident memory on CPU
+    begin: float | None  # the same when training began (model loaded)
+    process_peak: float  # the child's peak resident memory, from outside
+    steps: int
+    loss_chunk_size: int | None  # the run's train.loss_chunk_size
+    full_rows: bool  # every row is the sequence length (pretraining blocks), as the estimate assumes
+
+
+def measure_plan(req: Request, target: Target, output_dir: str) -> tuple[list[str], Any, str, str]:
+    """The child's command line (after ``llmtune``), the config it runs (resolved and checked
+    here), the device and its precision. The run gets the estimate's batch, sequence length,
+    precision, checkpointing and adapters, so that the two describe the same steps."""
+    from llmtune import hardware
+    from llmtune.resolve import load_config
+    from llmtune.tasks import get_task
+
+    task = get_task(target.task or "")
+    pretrain = task.family == "lm"
+    args = ["pretrain" if pretrain else "finetune"]
+    flag = "--objective" if pretrain else "--task"
+    if req.recipe:
+        args += ["--recipe", req.recipe]
+    if req.task:
+        args += [flag, req.task]
+    if req.model:
+        args += ["--model", req.model]
+    if req.trust_remote_code:
+        args.append("--trust-remote-code")
+    steps = req.measure_steps or DEFAULT_MEASURE_STEPS
+    args += ["--max-steps", str(steps), "--output-dir", output_dir]
+    seq_key = "options.block_size" if pretrain else "data.max_length"
+    sets = [
+        f"train.batch_size={target.batch_size}",
+        f"{seq_key}={target.seq_len}",
+        f"train.gradient_checkpointing={str(target.checkpointing).lower()}",
+    ]
+    if req.lora_r:  # asked on the command line (a recipe's peft section comes with the recipe)
+        sets += ["peft.method=lora", f"peft.r={req.lora_r}"]
+        if req.lora_targets:
+            sets.append(f"peft.target_modules=[{', '.join(req.lora_targets)}]")
+    sets += list(req.sets or [])
+    # only the training steps matter: no tracker, no evaluation during training, a short final one
+    sets += ["train.report_to=[none]", "train.eval_strategy=no", "train.logging_steps=1", "train.progress=quiet"]
+    sets += ["data.max_eval_samples=8"]
+    flags = {"model.name_or_path": req.model, "train.max_steps": steps, "train.output_dir": output_dir}
+    cfg = load_config(recipe=req.recipe, task=req.task, sets=sets, flags=flags, task_flag=flag)
+    device = "cuda" if hardware.cuda_available() else "cpu"
+    asked = (req.precision or cfg.train.precision).strip().lower()
+    if asked == "mixed":
+        asked = "auto" if device == "cuda" else "bf16"  # 16-bit autocast: bf16 where the GPU has it, CPU autocast
+    precision = hardware.resolve_precision(asked)
+    for item in (*sets, f"train.precision={precision}"):
+        args += ["--set", item]
+    return args, cfg, device, precision
+
+
+def _child_env(device: str) -> dict:
+    import os
+
+    env = dict(os.environ)
+    if device == "cpu":
+        # every large buffer its own mapping: freed tensors leave the resident set at once, so the
+        # sampled resident memory follows live tensors (as benchmarks/bench_estimate.py measures)
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    else:
+        import torch
+
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if torch.cuda.device_count() > 1:  # one device, as the estimate: no DataParallel over all of them
+            env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0] if visible else "0"
+    return env
+
+
+def _child_error(log: str, code: int) -> str:
+    errors = [line[len("error:") :].strip() for line in log.splitlines() if line.startswith("error:")]
+    if errors:
+        return errors[-1]
+    if code < 0:
+        import signal
+
+        name = signal.Signals(-code).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    tail = [line for line in log.splitlines() if line.strip()][-1:] or ["no output"]
+    return f"exit code {code}: {tail[0].strip()}"
+
+
+def measure(req: Request, target: Target) -> Measured:
+    """Run the plan of :func:`measure_plan` in a child process and read what it reports."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="llmtune-measure-") as tmp:
+        out = Path(tmp) / "run"
+        args, cfg, device, precision = measure_plan(req, target, str(out))
+        log_path = Path(tmp) / "output.log"
+        started = time.perf_counter()
+        with open(log_path, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llmtune", *args], stdout=log, stderr=subprocess.STDOUT, env=_child_env(device)
+            )
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not all children's
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        shown = [a if a != str(out) else "TMP" for a in args]
+        if code != 0:
+            text = log_path.read_text(encoding="utf-8", errors="replace")
+            raise LlmtuneError(f"estimate --measure: the run failed ({_child_error(text, code)})")
+        train = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["train"]
+        log_rows = [json.loads(line) for line in (out / "training_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    gpu = device == "cuda"
+    peak = train.get("train_step_peak_gpu_allocated_mb" if gpu else "train_step_peak_rss_mb")
+    if peak is None:
+        raise LlmtuneError("estimate --measure: the run reported no peak memory of its training steps")
+    begin = train.get("train_begin_gpu_allocated_mb" if gpu else "train_begin_rss_mb")
+    max_rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # macOS: bytes, Linux: KiB
+    return Measured(
+        command=shown,
+        seconds=seconds,
+        device=device,
+        precision=precision,
+        step_peak=peak * MIB,
+        begin=begin * MIB if begin is not None else None,
+        process_peak=float(max_rss),
+        steps=sum(1 for r in log_rows if "loss" in r),
+        loss_chunk_size=cfg.train.loss_chunk_size,
+        full_rows=cfg.task in ("clm", "mlm") and getattr(cfg.options, "packing", "blocks") == "blocks",
+    )
+
+
+def _mib(value: float) -> str:
+    return f"{value / MIB:,.1f}"
+
+
+def _diff(estimate: float, measured: float) -> str:
+    return f"{100 * (measured - estimate) / estimate:+.0f} %" if estimate > 0 else "-"
+
+
+def run_measure(req: Request, target: Target, arch: Any, params: Any) -> list[str]:
+    """The --measure section: this machine's estimate next to what the run measured."""
+    import shlex
+
+    from llmtune.hardware import machine
+
+    m = measure(req, target)
+    setup = Setup(target.batch_size, target.seq_len, "fp32" if m.precision == "fp32" else "mixed", 1, "ddp",
+                  target.checkpointing, device=m.device, loss_chunk_size=m.loss_chunk_size)  # fmt: skip
+    mem = memory(arch, params, setup, target.lm_head)
+    added = mem.total - mem.weights
+    gpu = m.device == "cuda"
+    what = "allocated GPU memory" if gpu else "resident memory"
+    lines = [
+        f"measured     {m.steps} optimizer step{'s' * (m.steps != 1)} on this machine ({machine()}, {m.precision}) "
+        f"in {m.seconds:.1f} s:",
+        f"             llmtune {shlex.join(m.command)}   (TMP: a temporary folder, removed)",
+        f"{'memory (MiB)':<52}{'estimate':>10}{'measured':>11}{'difference':>12}",
+        f"  {'training step peak (' + what + ')':<50}{_mib(mem.total):>10}{_mib(m.step_peak):>11}"
+        f"{_diff(mem.total, m.step_peak):>12}",
+    ]
+    if m.begin is not None:
+        grown = m.step_peak - m.begin
+        lines.append(
+            f"  {'added by training (gradients, AdamW, activations)':<50}{_mib(added):>10}{_mib(grown):>11}"
+            f"{_diff(added, grown):>12}"
+        )
+    lines.append(f"  {'whole run, peak resident memory (from outside)':<50}{'-':>10}{_mib(m.process_peak):>11}")
+    if gpu:
+        lines.append(
+            "  GPU: torch.cuda.max_memory_allocated during the steps counts tensors only; the CUDA context (~0.5-1 GiB) "
+            "and the caching allocator's reserve come on top (nvidia-smi shows more)"
+        )
+    else:
+        held = f" ({_mib(m.begin)} MiB when training began, weights included)" if m.begin is not None else ""
+        lines.append(
+            "  CPU: resident memory also holds the Python/torch runtime, libraries, tokenizer and data"
+            + held
+            + ", which the estimate leaves out; the second row is the step peak minus that starting point"
+        )
+    if not m.full_rows:
+        lines.append(
+            f"  the estimate assumes {target.batch_size} rows of {target.seq_len} tokens per micro-batch: this run's "
+            f"rows are as long as its data (padded to the batch's longest, or packed), so it may measure less"
+        )
+    return lines

@@ -97,13 +97,15 @@ class RssSampler:
 def step_memory_callback() -> Any:
     """A ``TrainerCallback`` measuring the peak memory of the training steps (not of evaluation,
     saving or logging between them): resident memory on CPU (sampled), or
-    ``torch.cuda.max_memory_allocated`` on a GPU. :meth:`metrics` reports it in MiB (this
-    process; rank 0's in a launched run)."""
+    ``torch.cuda.max_memory_allocated`` on a GPU; and the same memory when training begins (the
+    model loaded, no gradients or optimizer states yet), so that the difference is what training
+    adds. :meth:`metrics` reports both in MiB (this process; rank 0's in a launched run)."""
     from transformers import TrainerCallback
 
     class StepMemory(TrainerCallback):
         def __init__(self) -> None:
             self.peak = 0
+            self.begin: int | None = None
             self.kind: str | None = None
             self.sampler: RssSampler | None = None
 
@@ -112,9 +114,11 @@ def step_memory_callback() -> Any:
 
             if torch.cuda.is_available() and getattr(args.device, "type", "") == "cuda":
                 self.kind = "gpu_max_allocated"
+                self.begin = int(torch.cuda.memory_allocated(args.device))
             elif current_rss() is not None:
                 self.kind = "rss"
                 self.sampler = RssSampler()
+                self.begin = current_rss()
             else:
                 self.kind = "rss_process_peak"
             return control
@@ -153,6 +157,10 @@ def step_memory_callback() -> Any:
                 "rss": "train_step_peak_rss_mb",
                 "rss_process_peak": "train_process_peak_rss_mb",
             }[self.kind]
-            return {name: round(self.peak / MIB, 1)}
+            out = {name: round(self.peak / MIB, 1)}
+            if self.begin is not None:
+                begin = "train_begin_gpu_allocated_mb" if self.kind == "gpu_max_allocated" else "train_begin_rss_mb"
+                out[begin] = round(self.begin / MIB, 1)
+            return out
 
     return StepMemory()

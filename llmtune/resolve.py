@@ -24,6 +24,7 @@ from llmtune.config import (
     merge_overrides,
     parse_set_overrides,
     read_yaml,
+    rename_keys,
     validate_config,
 )
 from llmtune.errors import ConfigError
@@ -41,6 +42,8 @@ def build_config(
     """
     problems: list[str] = []
     ranges: list[str] = []  # reported with the cross-field problems: all at once
+    tree = copy.deepcopy(tree)
+    rename_keys(tree, problems)
     for key in tree:
         if key not in TOP_LEVEL_KEYS:
             problems.append(f"unknown key '{key}'; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")

@@ -178,7 +178,8 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
             write_jsonl(output_dir / PREDICTIONS_FILE, records)
         write_model_card(output_dir / "README.md", cfg, task, metrics, command or command_line(), ctx)
         write_run_status(output_dir, "finished", wall_seconds=train_metrics["train_wall_seconds"])
-    state.wait_for_everyone()
+    state.wait_for_everyone()  # every process has saved: the run is complete
+    removed = remove_checkpoints(output_dir) if state.is_main_process and not cfg.train.keep_checkpoints else []
     info("")
     if "eval" in metrics:
         echo(metrics_table("eval metrics (validation split)", task.headline(metrics["eval"])))
@@ -193,6 +194,11 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
             else ""
         )
     )
+    if removed:
+        info(
+            f"checkpoints removed ({', '.join(p.name for p in removed)}): the run is complete and its model is saved; "
+            f"--set train.keep_checkpoints=true keeps them, to extend a run later with --resume"
+        )
     return metrics
 
 

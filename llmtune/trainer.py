@@ -24,6 +24,9 @@ def llmtune_trainer(base: type) -> type:
       2-process run sees the same batches as a 1-process run with twice the batch size) and a
       resumed run replays the same epoch order (transformers' sampler draws from the global RNG).
     - checkpoints are atomic (:class:`llmtune.checkpoint.AtomicCheckpointMixin`).
+    - with ``loss_chunk_size`` (``train.loss_chunk_size``), a causal LM's training loss is computed
+      over slices of target tokens (:mod:`llmtune.tasks.common.chunked_loss`), normalised as the
+      model's own loss would be, so the batch's logits never exist at once.
     - every training log entry carries the throughput since the previous one (``samples_per_second``
       and, for token inputs, ``tokens_per_second`` of non-padding input tokens), time spent in
       evaluation and checkpointing left out; the Trainer only reports an average at the very end.
@@ -36,6 +39,7 @@ def llmtune_trainer(base: type) -> type:
 
     class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
         length_group_batches = 4  # train.group_by_length_batches
+        loss_chunk_size: int | None = None  # train.loss_chunk_size
         # The task's eval step (Task.eval_step): reduces each batch to what metrics need.
         eval_step: Any = None
 
@@ -55,6 +59,29 @@ def llmtune_trainer(base: type) -> type:
             self._window_start: float | None = None
             self._window_paused = 0.0
             self._window_counts: Any = None  # device tensor [samples, tokens]: no sync per step
+
+        # ---- chunked causal LM loss ----------------------------------------------------
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.loss_chunk_size or return_outputs or "labels" not in inputs:
+                return super().compute_loss(
+                    model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+                )
+            from llmtune.tasks.common.chunked_loss import causal_lm_nll
+
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            total, count = causal_lm_nll(model, inputs, labels, self.loss_chunk_size, self.accelerator.autocast)
+            # As transformers' ForCausalLMLoss and Trainer.compute_loss: divided by the target count
+            # of the whole accumulated (and, across processes, gathered) batch when the Trainer
+            # passes it to a model that takes it, else the mean over this batch's targets.
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                items = num_items_in_batch
+                loss = total / (items.to(total.device) if hasattr(items, "to") else items)
+                if self.args.average_tokens_across_devices:
+                    scale = self.accelerator.num_processes // self.get_tp_size()
+                    loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+                return loss
+            return total / count
 
         # ---- throughput ---------------------------------------------------------------
         def training_step(self, model, inputs, *args, **kwargs):
@@ -318,7 +345,9 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     args = training_arguments(cfg, task, output_dir, has_eval, ctx)
     title = f"{Path(output_dir).name}: {cfg.task}, {cfg.model.name_or_path or cfg.model.config}"
     stopper = stop_on_signal_callback()
-    keep_final = cfg.train.save_final_checkpoint or bool(args.load_best_model_at_end)
+    # best-model selection may pick the last evaluation's checkpoint: written, then removed with the
+    # others once the run has saved its model (llmtune.runner)
+    keep_final = cfg.train.keep_checkpoints or bool(args.load_best_model_at_end)
     callbacks = [
         stopper,
         skip_final_checkpoint_callback(stopper, keep_final),
@@ -332,6 +361,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     base = Seq2SeqTrainer if task.seq2seq else Trainer
     cls = task.trainer_class(ctx, llmtune_trainer(base))
+    cls.loss_chunk_size = cfg.train.loss_chunk_size  # a class made for this run; read in __init__ too (dpo)
     trainer = cls(
         model=ctx.model,
         args=args,

@@ -38,11 +38,11 @@ def test_bench_gpu_smoke_runs_every_cpu_variant(tmp_path):
     assert bench.main(["--smoke", "--no-write", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = [r["name"] for r in data["results"]]
-    assert names == ["reference", "plain Trainer", "padded instead of packed", "+grad-ckpt"]
+    assert names == ["reference", "plain Trainer", "padded instead of packed", "+grad-ckpt", "+chunked loss"]
     for r in data["results"]:
         assert "error" not in r and r["tokens_per_s"] > 0 and r["useful_tokens_measured"] > 0
-    # every variant trains the same documents in the same order: packed, padded, checkpointed and
-    # the plain Trainer end at the same loss
+    # every variant trains the same documents in the same order: packed, padded, checkpointed, the
+    # chunked loss and the plain Trainer end at the same loss
     losses = [r["final_loss"] for r in data["results"]]
     assert max(losses) - min(losses) < 1e-3
     assert any(s.startswith("FlashAttention-2: no CUDA GPU") for s in data["skipped"])

@@ -100,5 +100,8 @@ def test_cleanup_helpers(tmp_path):
     remove_partial(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "model.safetensors"]
     staged(tmp_path, 3)
-    remove_checkpoints(tmp_path)
+    finalize(staged(tmp_path, 10), tmp_path / "checkpoint-10", 10, 1)
+    removed = remove_checkpoints(tmp_path)
+    assert [p.name for p in removed] == [".partial-checkpoint-3", "checkpoint-1", "checkpoint-10"]
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert remove_checkpoints(tmp_path) == []

@@ -37,3 +37,28 @@ def test_flops_and_budget():
     n, d, c = budget_optimal(1000, get_gpu("h100"), 0.4)
     assert c == pytest.approx(1000 * 3600 * 989e12 * 0.4) and d == pytest.approx(20 * n)
     assert 6 * n * d == pytest.approx(c) and math.isclose(n, 3.44e9, rel_tol=0.01)
+
+
+def test_chunked_loss_bounds_the_loss_head_peak():
+    from llmtune.costmodel import GIB, activation_bytes, fitting_knobs, head_peak_bytes
+
+    # a small model with a large vocabulary: the logits dominate
+    arch = Arch("llama", 4, 512, 8, 8, 64, 1376, 128_256, gated_mlp=True, rms_norm=True)
+    p = Params(total=80_000_000, trainable=80_000_000, embedding=65_000_000, largest_block=3_000_000)
+    plain = Setup(batch_size=8, seq_len=2048, precision="mixed")
+    chunked = Setup(batch_size=8, seq_len=2048, precision="mixed", loss_chunk_size=4096)
+    tokens, per_token_head = 8 * 2048, head_peak_bytes(arch, plain, True)
+    saved = activation_bytes(arch, plain) - activation_bytes(arch, chunked)
+    extra = tokens * 2 * 512 * 4  # the projected positions' hidden states (a copy and its gradient)
+    assert saved == pytest.approx(per_token_head * (tokens - 4096) - extra)
+    assert saved > 10 * GIB
+    # a slice as big as the batch changes nothing but the copy; no head (classification): no effect
+    whole = Setup(batch_size=8, seq_len=2048, precision="mixed", loss_chunk_size=10**6)
+    assert activation_bytes(arch, whole) - activation_bytes(arch, plain) == pytest.approx(extra)
+    assert activation_bytes(arch, chunked, lm_head=False) == activation_bytes(arch, plain, lm_head=False)
+    # suggested first when it makes the run fit, and only for causal LM losses
+    budget = memory(arch, p, chunked).total * 1.01
+    assert memory(arch, p, plain).total > budget
+    knobs = fitting_knobs(arch, p, plain, budget, True, None, causal_lm=True)
+    assert knobs[0].startswith("chunked cross-entropy (--set train.loss_chunk_size=4096)")
+    assert not any("chunked" in k for k in fitting_knobs(arch, p, plain, budget, True, None, causal_lm=False))

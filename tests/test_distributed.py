@@ -46,7 +46,8 @@ def check_parity(single, out):
 
 def test_torchrun_two_processes_match_one(single, tiny_bert_dir, data, tmp_path):
     out = tmp_path / "out"
-    result = torchrun(finetune_args(tiny_bert_dir, data, out, "--batch-size", "4", *COMMON))
+    keep = ("--set", "train.keep_checkpoints=true")  # looked at below
+    result = torchrun(finetune_args(tiny_bert_dir, data, out, "--batch-size", "4", *COMMON, *keep))
     assert result.returncode == 0, result.stderr
     check_parity(single, out)
     # Printed and written once (rank 0 only).
@@ -73,6 +74,8 @@ def test_llmtune_launches_itself(single, tiny_bert_dir, data, tmp_path):
     result = llmtune(finetune_args(tiny_bert_dir, data, out, "--batch-size", "4", "--num-processes", "2", *COMMON))
     assert result.returncode == 0, result.stderr
     check_parity(single, out)
+    # completed: the main process removed the checkpoints once every process had saved
+    assert not list(out.glob("*checkpoint-*")) and result.stdout.count("checkpoints removed") == 1
 
 
 def test_launched_user_error_is_one_line_exit_2(tiny_bert_dir, data, tmp_path):

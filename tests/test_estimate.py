@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,12 +122,83 @@ def test_cli_verdict_and_knobs(cli):
         (["--model", "./missing-folder"], "model folder not found"),
         (["--model-config", "gpt2-tiny", "--mfu", "2"], "--mfu must be in"),
         ([], "nothing to estimate"),
+        (["--model-config", "gpt2-tiny", "--measure"], "--measure trains the model for a few steps: pass --recipe"),
+        (["--model", "./missing-folder", "--measure"], "--measure with --model needs --task"),
+        (["--recipe", "clm-smoke", "--measure-steps", "2"], "add --measure"),
+        (["--recipe", "clm-smoke", "--measure", "--measure-steps", "0"], "--measure-steps must be >= 1"),
+        (["--recipe", "clm-smoke", "--measure", "--gpus", "2"], "--measure runs on one device"),
+        (["--recipe", "clm-smoke", "--measure", "--precision", "pure-bf16"], "no pure-bf16"),
+        (["--recipe", "clm-smoke", "--measure", "--vocab-size", "500"], "drop --vocab-size"),
+        (["--recipe", "clm-smoke", "--measure", "--set", "train.loss_chunk_size=0"], "train.loss_chunk_size must be"),
     ],
 )
 def test_bad_input_one_line(cli, args, needle):
     result = cli("estimate", *args)
     assert result.exit_code == 2, result.output
     assert needle in result.output and len(result.output.strip().splitlines()) == 1
+
+
+MEASURED_ROW = re.compile(
+    r"^  (training step peak|added by training|whole run, peak resident memory)\D*?\s(-|[\d,]+\.\d)\s+([\d,]+\.\d)"
+)
+
+
+def measured_rows(output: str) -> dict:
+    """The --measure table: row label -> (estimate or None for '-', measured), in MiB."""
+    rows = {}
+    for line in output.splitlines():
+        if match := MEASURED_ROW.match(line):
+            est, meas = (None if v == "-" else float(v.replace(",", "")) for v in match.group(2, 3))
+            rows[match.group(1)] = (est, meas)
+    return rows
+
+
+@pytest.mark.parametrize("recipe", ["clm-smoke", "sft-smoke"])
+def test_measure_prints_the_estimate_next_to_the_measured_peak(recipe, cli, tmp_path, monkeypatch):
+    import tempfile
+
+    from llmtune.costmodel import Setup, arch_from_config, memory
+    from llmtune.estimate import Request, resolve
+    from llmtune.hardware import cuda_available
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's temporary folder goes here
+    result = cli("estimate", "--recipe", recipe, "--measure", "--measure-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert "measured     2 optimizer steps on this machine" in result.output
+    assert f"llmtune {'pretrain' if recipe == 'clm-smoke' else 'finetune'} --recipe {recipe} --max-steps 2" in (
+        result.output
+    )
+    rows = measured_rows(result.output)
+    assert set(rows) == {"training step peak", "added by training", "whole run, peak resident memory"}
+    # the estimate row is the cost model for this machine's device and precision
+    target = resolve(Request(recipe=recipe))
+    gpu = cuda_available()
+    setup = Setup(target.batch_size, target.seq_len, "mixed" if gpu else "fp32", device="cuda" if gpu else "cpu")
+    params = count_parameters(meta_model(target.config, target.auto_class))
+    expected = memory(arch_from_config(target.config), params, setup, target.lm_head)
+    estimate, measured = rows["training step peak"]
+    assert estimate == pytest.approx(expected.total / 2**20, abs=0.05)
+    assert rows["added by training"][0] == pytest.approx((expected.total - expected.weights) / 2**20, abs=0.05)
+    assert measured > 0 and rows["added by training"][1] > 0 and rows["whole run, peak resident memory"][1] > 0
+    if not gpu:  # resident memory: the runtime comes on top of the tensors, and the step peak is within the run's
+        assert measured > estimate and rows["whole run, peak resident memory"][1] >= 0.9 * measured
+        assert "Python/torch runtime" in result.output
+    difference = result.output.split("training step peak", 1)[1].splitlines()[0].split()[-2]
+    assert int(difference) == pytest.approx(100 * (measured - estimate) / estimate, rel=0.01, abs=1)  # rounded MiB
+    assert not list(tmp_path.glob("llmtune-measure-*"))  # the run's folder is gone
+    # sft's packed rows are shorter than the estimate's rows of data.max_length; clm blocks are not
+    assert (f"{target.batch_size} rows of {target.seq_len} tokens per micro-batch" in result.output) == (
+        recipe == "sft-smoke"
+    )
+
+
+def test_measure_reports_a_failed_run_in_one_line(cli, tmp_path):
+    result = cli("estimate", "--recipe", "clm-smoke", "--measure", "--set", f"data.dataset={tmp_path / 'none.txt'}")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "estimate --measure: the run failed (" in lines[0] and "none.txt" in lines[0], (
+        result.output
+    )
 
 
 def test_unbuildable_config(cli, tmp_path):

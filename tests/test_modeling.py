@@ -93,7 +93,7 @@ def test_gguf_model_through_eval_finetune_and_eval(tiny_gguf_dir, tiny_llama_dir
     result = cli(
         "finetune", "--task", "sft", "--model", tiny_llama_dir, "--dataset", train, "--output-dir", kept,
         "--max-steps", "2", "--batch-size", "4", "--set", "data.validation_split=0",
-        "--set", "train.save_final_checkpoint=true",
+        "--set", "train.keep_checkpoints=true",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert [p.name for p in kept.glob("checkpoint-*")] == ["checkpoint-2"]

@@ -102,18 +102,20 @@ def test_sigkill_at_a_random_moment_from_outside(setup, tiny_bert_dir, tmp_path)
 
 def test_resume_path_and_fresh_start(setup, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
+    keep = ("--set", "train.keep_checkpoints=true")
     # --resume auto with nothing to resume: a fresh start (identical to the reference)
-    done = run(setup, tiny_bert_dir, out, "--resume", "auto")
+    done = run(setup, tiny_bert_dir, out, "--resume", "auto", *keep)
     assert done.returncode == 0, done.stderr
     assert "starting from scratch" in done.stdout
     assert_same_as_reference(setup, out)
     # an explicit older checkpoint: retrains from step 20 and ends in the same place
-    # save_total_limit=2 rotation; the completed run wrote no checkpoint at its last step (24)
+    # save_total_limit=2 rotation; kept, the completed run also has a checkpoint of its last step (24)
     kept = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert kept == ["checkpoint-16", "checkpoint-20"]
+    assert kept == ["checkpoint-20", "checkpoint-24"]
     again = run(setup, tiny_bert_dir, out, "--resume", str(out / "checkpoint-20"))
     assert again.returncode == 0, again.stderr
     assert_same_as_reference(setup, out)
+    assert not list(out.glob("*checkpoint-*"))  # this time not kept: the completed run removed them
 
 
 def test_sigterm_saves_and_resumes(setup, tiny_bert_dir, tmp_path):
@@ -145,6 +147,8 @@ def test_sigterm_saves_and_resumes(setup, tiny_bert_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"resuming from {saved}" in done.stdout
     assert len(losses(out)) == 10 * 12  # every step exactly once
+    # stopped, the run kept its checkpoints; completed, it keeps only its model
+    assert not list(out.glob("*checkpoint-*")) and "checkpoints removed" in done.stdout
 
 
 def test_streaming_resume_is_exact(tmp_path):

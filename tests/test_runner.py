@@ -57,3 +57,89 @@ def test_classification_loss_matches_torch(problem):
         ref = torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
     got = classification_loss(problem, logits.numpy(), labels.numpy())
     assert got == pytest.approx(ref.item(), abs=1e-12)
+
+
+# ---- what a completed run keeps ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sentiment_dir(tmp_path):
+    from tests.run_utils import write_csv
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_csv(folder / "train.csv", 216)  # batch 32: 7 steps per epoch
+    write_csv(folder / "validation.csv", 24, seed=1)
+    return folder
+
+
+def sentiment_run(cli, model, data, out, *extra):
+    result = cli(
+        "finetune", "--task", "sentiment", "--model", model, "--dataset", data, "-o", out, "--batch-size", "32",
+        "--lr", "1e-3", "--set", "data.max_length=32", "--set", "train.report_to=[none]", *extra,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def optimizer_files(out) -> list:
+    return [p for p in out.rglob("*") if p.name in ("optimizer.pt", "scheduler.pt") or p.name.startswith("rng_state")]
+
+
+def test_a_completed_run_keeps_its_model_and_no_checkpoint(cli, tiny_bert_dir, sentiment_dir, tmp_path):
+    """Evaluation every epoch and the best model loaded at the end (the demo's setup): checkpoints
+    are written while it trains (the Trainer reloads the best one from them), then removed."""
+    import json
+
+    from tests.run_utils import weights
+
+    out = tmp_path / "run"
+    output = sentiment_run(cli, tiny_bert_dir, sentiment_dir, out, "--epochs", "2")
+    # a checkpoint at each evaluation (every 7 steps)
+    assert "checkpoints removed (checkpoint-7, checkpoint-14)" in output
+    assert not list(out.glob("*checkpoint-*")) and not optimizer_files(out)
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert json.loads((out / "run_status.json").read_text())["status"] == "finished"
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval_loss" in e] == [7, 14]
+    # the saved model is the one the run reports: scoring it again gives the reported metrics
+    metrics = json.loads((out / "metrics.json").read_text())["eval"]
+    again = cli("eval", "--model", out, "--dataset", sentiment_dir / "validation.csv", "-o", tmp_path / "ev")
+    assert again.exit_code == 0, again.output
+    rescored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["eval"]
+    assert rescored["eval_accuracy"] == metrics["eval_accuracy"]
+    assert rescored["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-6)
+    assert weights(out)  # weights were saved
+
+
+def test_keep_checkpoints_keeps_them_and_resume_extends_the_run(cli, tiny_bert_dir, sentiment_dir, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    keep = ("--set", "train.keep_checkpoints=true")
+    output = sentiment_run(cli, tiny_bert_dir, sentiment_dir, out, "--epochs", "1", *keep)
+    assert "checkpoints removed" not in output
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-7"]
+    names = {p.name for p in (out / "checkpoint-7").iterdir()}
+    assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "llmtune_config.yaml"} <= names
+    # extend the finished run by one epoch: it continues from its last step
+    output = sentiment_run(cli, tiny_bert_dir, sentiment_dir, out, "--epochs", "2", "--resume", "auto", *keep)
+    assert f"resuming from {out / 'checkpoint-7'}" in output
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert max(e["step"] for e in log) == 14 and json.loads((out / "run_status.json").read_text())["step"] == 14
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-7"]
+
+
+def test_keep_checkpoints_old_name_is_still_read(cli):
+    import yaml
+
+    result = cli("pretrain", "--recipe", "clm-smoke", "--set", "train.save_final_checkpoint=true", "--dry-run")
+    assert result.exit_code == 0, result.output
+    train = yaml.safe_load(result.output.split("\n#")[0])["train"]
+    assert train["keep_checkpoints"] is True and "save_final_checkpoint" not in train
+    result = cli(
+        "pretrain", "--recipe", "clm-smoke", "--set", "train.save_final_checkpoint=true",
+        "--set", "train.keep_checkpoints=false", "--dry-run",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "train.save_final_checkpoint is the old name of train.keep_checkpoints" in result.output

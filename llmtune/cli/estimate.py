@@ -56,9 +56,20 @@ def estimate(
     ] = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure",
+            help="Also run it for a few optimizer steps on this machine (CPU, or its GPU) and print the measured "
+            "peak memory next to the estimate.",
+        ),
+    ] = False,
+    measure_steps: Annotated[
+        Optional[int], typer.Option("--measure-steps", help="Optimizer steps --measure runs (default 3).")
+    ] = None,
 ) -> None:
     """What a run costs before it starts: parameters, memory per GPU (fits or not), FLOPs and time."""
-    from llmtune.estimate import Request, run_estimate
+    from llmtune.estimate import Request, estimate_sections
 
     if objective is not None:
         if objective not in ("clm", "mlm"):
@@ -86,5 +97,8 @@ def estimate(
         lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
         vocab_size=vocab_size,
         trust_remote_code=trust_remote_code,
+        measure=measure,
+        measure_steps=measure_steps,
     )
-    typer.echo(run_estimate(request))
+    for section in estimate_sections(request):  # --measure: the estimate first, while the run measures
+        typer.echo(section)

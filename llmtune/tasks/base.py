@@ -106,6 +106,9 @@ class Task:
     head_modules: tuple[str, ...] = ()
     #: a causal LM that ``generate``/``chat`` and ``serve``'s completions can drive
     generative: bool = False
+    #: the training loss is a causal LM's cross-entropy over its vocabulary, computed through
+    #: :mod:`llmtune.tasks.common.chunked_loss` when ``train.loss_chunk_size`` is set
+    causal_lm_loss: bool = False
     #: generic defaults this task changes (see :class:`Default`)
     defaults: tuple[Default, ...] = ()
     #: what caps ``data.max_length`` (see :func:`sequence_limit`): "tokenizer" or "positions"

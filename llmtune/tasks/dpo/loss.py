@@ -11,14 +11,22 @@ from typing import Any
 from llmtune.tasks.dpo.options import REFERENCE_FREE
 
 
-def sequence_logps(model: Any, batch: dict) -> tuple[Any, Any]:
+def sequence_logps(model: Any, batch: dict, chunk_size: int | None = None, autocast: Any = None) -> tuple[Any, Any]:
     """Summed log-probabilities of the answer tokens of each row, and their counts.
 
     The log-softmax runs one row at a time in float32: the full [2B, L, vocab] log-prob tensor of
-    a 50k-vocab model would double the memory peak of the logits.
+    a 50k-vocab model would double the memory peak of the logits. With ``chunk_size``
+    (``train.loss_chunk_size``) the logits are never whole: the answer tokens are scored in
+    slices (:mod:`llmtune.tasks.common.chunked_loss`; ``autocast``: the context the output layer
+    runs under, the run's mixed precision).
     """
     import torch
 
+    if chunk_size:
+        from llmtune.tasks.common.chunked_loss import causal_lm_sequence_logps
+
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return causal_lm_sequence_logps(model, inputs, batch["labels"], chunk_size, autocast)
     labels = batch["labels"][:, 1:]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     logits = logits[:, :-1]

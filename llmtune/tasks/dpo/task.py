@@ -12,6 +12,7 @@ from typing import Any
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
+from llmtune.tasks.common.chunked_loss import check_run_model
 from llmtune.tasks.dpo.collator import PairCollator
 from llmtune.tasks.dpo.data import REF_COLUMNS, SKIP_REASONS, batch_encoder, column_layout
 from llmtune.tasks.dpo.loss import pair_metrics, rewards
@@ -31,6 +32,7 @@ class DPOTask(Task):
     greater_is_better = True
     pipeline_tag = "text-generation"
     peft_task_type = "CAUSAL_LM"
+    causal_lm_loss = True  # the answers' log-probabilities
 
     # ---- config -------------------------------------------------------------------------------
     def validate(self, cfg: Any) -> list[str]:
@@ -138,6 +140,9 @@ class DPOTask(Task):
         disable_dropout(model)  # policy and reference must score a pair the same way (as TRL does)
         ctx.state["reference"] = training_reference(ctx, model, self.auto_model)
         return model
+
+    def check_model(self, ctx: RunContext, model: Any) -> None:
+        check_run_model(ctx.cfg, model)
 
     def load_trained_model(self, ctx: RunContext) -> Any:
         model = super().load_trained_model(ctx)

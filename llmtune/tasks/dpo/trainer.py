@@ -37,6 +37,8 @@ class PreferenceTrainerMixin:
     dpo_options: Any
     #: None, "precompute", "adapters", a frozen model, or ("load", spec, gguf_file) for llmtune eval
     dpo_reference: Any
+    #: train.loss_chunk_size (set on llmtune's Trainer class by the run)
+    loss_chunk_size: int | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         import torch
@@ -70,6 +72,12 @@ class PreferenceTrainerMixin:
                 self.eval_dataset = self.add_reference_logps(self.eval_dataset)
 
     # ---- scores ----------------------------------------------------------------------
+    def logps(self, model: Any, batch: dict, prepared: bool = True) -> tuple[Any, Any]:
+        """:func:`sequence_logps`, in slices with ``train.loss_chunk_size``; ``prepared``: the model
+        runs under the Trainer's mixed precision (the policy, not a separate reference model)."""
+        autocast = self.accelerator.autocast if prepared else None
+        return sequence_logps(model, batch, self.loss_chunk_size, autocast)
+
     def reference_logps(self, model: Any, batch: dict) -> Any:
         import torch
 
@@ -80,16 +88,16 @@ class PreferenceTrainerMixin:
             return torch.zeros(batch["input_ids"].shape[0], device=batch["input_ids"].device)
         with torch.no_grad():
             if self.ref_model is not None:
-                return sequence_logps(self.ref_model, batch)[0]
+                return self.logps(self.ref_model, batch, prepared=False)[0]
             unwrapped = self.accelerator.unwrap_model(model)
             with unwrapped.disable_adapter():
-                return sequence_logps(unwrapped, batch)[0]
+                return self.logps(unwrapped, batch)[0]
 
     def pair_scores(self, model: Any, batch: dict) -> Any:
         """[B, 6]: policy and reference log-probs of chosen/rejected and the answers' lengths."""
         import torch
 
-        logps, counts = sequence_logps(model, batch)
+        logps, counts = self.logps(model, batch)
         ref = self.reference_logps(model, batch).to(logps.dtype)
         pc, pr = logps.chunk(2)
         rc, rr = ref.chunk(2)
@@ -110,7 +118,7 @@ class PreferenceTrainerMixin:
                     rows = dataset.select(range(start, min(start + size, len(dataset))))
                     batch = self.data_collator([rows[i] for i in range(len(rows))])
                     batch = {k: v.to(self.args.device) for k, v in batch.items()}
-                    pc, pr = sequence_logps(model, batch)[0].chunk(2)
+                    pc, pr = self.logps(model, batch, prepared=False)[0].chunk(2)
                     chosen += pc.tolist()
                     rejected += pr.tolist()
         finally:

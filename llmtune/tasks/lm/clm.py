@@ -9,6 +9,7 @@ from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext
+from llmtune.tasks.common.chunked_loss import check_run_model
 from llmtune.tasks.common.lm_eval import generation_quality
 from llmtune.tasks.lm.data import sliding_windows
 from llmtune.tasks.lm.options import CLM_PACKING, REFERENCE_COLUMNS, TEXT_COLUMNS, ClmOptions, sample_by
@@ -28,6 +29,7 @@ class CausalLMTask(LMTask):
     preset_types = ("gpt2", "llama")
     metric_names = ("loss", "perplexity", "tokens")
     generative = True
+    causal_lm_loss = True
 
     def _block_problems(self, o: Any) -> list[str]:
         if o.packing not in CLM_PACKING:
@@ -105,6 +107,7 @@ class CausalLMTask(LMTask):
         return [{"text": t, "generated_text": g.text} for t, g in zip(texts, run.outputs, strict=True)]
 
     def check_model(self, ctx: RunContext, model: Any) -> None:
+        check_run_model(ctx.cfg, model)
         if ctx.cfg.options.packing == "documents":
             from llmtune.packing import check_model_takes_positions, probe_document_attention
 

@@ -20,6 +20,7 @@ from llmtune.tasks.base import (
     unused_data_columns,
 )
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
+from llmtune.tasks.common.chunked_loss import check_run_model
 from llmtune.tasks.common.lm_eval import generation_quality, lm_eval_batch_args, lm_eval_step, perplexity, total_loss
 from llmtune.tasks.sft.data import batch_encoder, column_layout, inference_layout, row_conversation
 from llmtune.tasks.sft.generation import answer_rows, generate_samples, num_samples
@@ -38,6 +39,7 @@ class SFTTask(Task):
     greater_is_better = False
     pipeline_tag = "text-generation"
     generative = True
+    causal_lm_loss = True
 
     sequence_cap = "positions"
     defaults = (
@@ -133,6 +135,7 @@ class SFTTask(Task):
         return model
 
     def check_model(self, ctx: RunContext, model: Any) -> None:
+        check_run_model(ctx.cfg, model)
         if ctx.cfg.options.packing:
             from llmtune.packing import probe_document_attention
 
