@@ -47,7 +47,7 @@ from llmtune.errors import LlmtuneError, one_line
 INSTALL_HINT = "pip install 'llmtune[ray]'"
 LAUNCHERS = ("accelerate", "ray")
 #: seconds to wait for a Ray cluster's GCS to answer before giving up on ``--ray-address``
-CONNECT_TIMEOUT_S = 15
+CONNECT_TIMEOUT_S = 20
 #: environment variables handed to the workers (HF caches and tokens, llmtune's own, trackers)
 PROPAGATED_ENV_PREFIXES = ("HF_", "HUGGING_FACE_", "TRANSFORMERS_", "TOKENIZERS_", "LLMTUNE_", "WANDB_", "MLFLOW_")
 
@@ -335,9 +335,14 @@ def _import_ray() -> Any:
 
 
 _PROBE = """
-import sys
-import ray._raylet
-ray._raylet.GcsClient(address=sys.argv[1]).internal_kv_get(b"llmtune-probe", namespace=None, timeout=5)
+import logging, sys
+import ray
+try:
+    ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}")
+    sys.exit(3)
+ray.shutdown()
 """
 
 
@@ -355,29 +360,32 @@ def _resolve(address: str) -> str | None:
 
 
 def _probe(address: str, flag: str) -> None:
-    """Make sure a Ray cluster answers at ``address`` within :data:`CONNECT_TIMEOUT_S`; ``ray.init``
-    itself waits minutes where nothing (or something else) listens, printing gRPC warnings."""
+    """Connect once in a subprocess, within :data:`CONNECT_TIMEOUT_S`: ``ray.init`` waits minutes
+    where nothing (or something else) listens, printing gRPC warnings all along."""
     host, _, port = address.rpartition(":")
-    host = host.strip("[]")
     fix = f"start one with `ray start --head --port {port}`, or pass another --ray-address"
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else exc.strerror or type(exc).__name__
         raise LlmtuneError(f"{flag}: no Ray cluster at {address} ({reason}): {fix}") from None
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, address], capture_output=True, timeout=CONNECT_TIMEOUT_S, check=False
+            [sys.executable, "-c", _PROBE, address],
+            capture_output=True,
+            text=True,
+            timeout=CONNECT_TIMEOUT_S,
+            check=False,
         )
-        answered = proc.returncode == 0
     except subprocess.TimeoutExpired:
-        answered = False
-    if not answered:
         raise LlmtuneError(
             f"{flag}: the port accepts connections but no Ray cluster answered within {CONNECT_TIMEOUT_S} s "
             f"(is it the head's GCS port, 6379 by default, not the dashboard's?): {fix}"
-        )
+        ) from None
+    if proc.returncode != 0:
+        reason = one_line(proc.stdout.strip() or proc.stderr.strip() or f"exit code {proc.returncode}", limit=300)
+        raise LlmtuneError(f"{flag}: connecting to the Ray cluster at {address} failed: {reason}")
 
 
 def _connect(ray: Any, opts: RayOptions, debug: bool) -> str:
