@@ -628,9 +628,9 @@ def _run_worker(config: dict, rank: int, world: int) -> None:
         if attempt == 1:
             print(f"llmtune: Ray Train: {world} worker(s), {config['resources']} each: {shown}", flush=True)
         else:
-            limit = "no limit" if config["max_failures"] < 0 else f"of {config['max_failures']}"
+            limit = ", no limit" if config["max_failures"] < 0 else f" of {config['max_failures']}"
             print(
-                f"llmtune: Ray restarted the workers after a failure (restart {attempt - 1} {limit}): {shown}",
+                f"llmtune: Ray restarted the workers after a failure (restart {attempt - 1}{limit}): {shown}",
                 flush=True,
             )
     from llmtune.runner import run_train
