@@ -80,7 +80,7 @@ def test_cli_import_is_torch_free():
         "assert r.exit_code == 0, r.output\n"
         "r = CliRunner().invoke(c.app, ['recipes', 'validate', 'sentiment-demo'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate', 'ray') if m in sys.modules]\n"
         "print(heavy)\n"
         "assert not heavy, heavy\n"
     )

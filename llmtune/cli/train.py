@@ -9,6 +9,7 @@ import typer
 from llmtune.cli import _common as c
 from llmtune.cli.app import app
 from llmtune.launch import launchable
+from llmtune.raylaunch import ray_launchable
 
 tokenizer_app = typer.Typer(help="Train sub-word tokenizers.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
@@ -22,9 +23,15 @@ def resolve_and_run(
     dry_run: bool,
     launch: Any = None,
     task_flag: str = "--task",
+    ray_launch: Any = None,
 ) -> None:
     from llmtune.resolve import load_config
 
+    resources = None
+    if ray_launch is not None:
+        from llmtune.raylaunch import check_options as check_ray_options
+
+        resources = check_ray_options(ray_launch, launch)  # flags first: before any config work
     cfg = load_config(recipe=recipe, task=task, sets=sets, flags=flags, task_flag=task_flag)
     if dry_run:
         from llmtune.recipes import recipe_defaults_note, task_defaults_note
@@ -33,6 +40,11 @@ def resolve_and_run(
         for note in (recipe_defaults_note(cfg), task_defaults_note(cfg)):
             if note:
                 typer.echo("# " + note)  # a YAML comment: the output stays a valid recipe
+        return
+    if ray_launch is not None and ray_launch.requested:
+        from llmtune.raylaunch import run_on_ray
+
+        run_on_ray(cfg, ray_launch, resources, debug=c.debug_enabled())
         return
     if launch is not None:
         from llmtune.launch import check_options, relaunch
@@ -50,6 +62,7 @@ def resolve_and_run(
 
 @app.command()
 @c.handle_errors
+@ray_launchable
 @launchable
 @c.option_groups
 def finetune(
@@ -60,16 +73,18 @@ def finetune(
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
+    ray_launch: Any = None,
 ) -> None:
     """Fine-tune a pretrained model on a task (sentiment, text-classification, ...)."""
     if task is None and recipe is None:
         task = "sentiment"
     flags = {**train.flags(), "model.gguf_file": gguf_file}
-    resolve_and_run(recipe, task, sets, flags, dry_run, launch)
+    resolve_and_run(recipe, task, sets, flags, dry_run, launch, ray_launch=ray_launch)
 
 
 @app.command()
 @c.handle_errors
+@ray_launchable
 @launchable
 @c.option_groups
 def pretrain(
@@ -104,6 +119,7 @@ def pretrain(
     sets: c.Sets = None,
     dry_run: c.DryRun = False,
     launch: Any = None,
+    ray_launch: Any = None,
 ) -> None:
     """Pretrain a language model (clm or mlm), from scratch or continued from a checkpoint."""
     from llmtune.config import read_yaml
@@ -125,7 +141,7 @@ def pretrain(
         "options.block_size": block_size,
         "data.streaming": True if streaming else None,
     }
-    resolve_and_run(recipe, objective, sets, flags, dry_run, launch, task_flag="--objective")
+    resolve_and_run(recipe, objective, sets, flags, dry_run, launch, task_flag="--objective", ray_launch=ray_launch)
 
 
 @tokenizer_app.command("train")
