@@ -137,12 +137,23 @@ def llmtune_trainer(base: type) -> type:
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
             args = self.args
-            return LengthGroupedSampler(
+            self._length_sampler = LengthGroupedSampler(
                 lengths,
                 args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
                 self.length_group_batches,
                 args.data_seed if args.data_seed is not None else args.seed,
             )
+            return self._length_sampler
+
+        _length_sampler: LengthGroupedSampler | None = None
+
+        def _run_epoch(self, model, epoch, *args, **kwargs):
+            # The epoch seeds the length-grouped order. accelerate's set_epoch reaches the sampler
+            # through BatchSamplerShard (several processes) or SkipBatchSampler (a resumed epoch)
+            # but not through both: a multi-process run resumed mid-epoch replayed epoch 0's order.
+            if self._length_sampler is not None:
+                self._length_sampler.set_epoch(epoch)
+            return super()._run_epoch(model, epoch, *args, **kwargs)
 
     LlmtuneTrainer.__name__ = f"Llmtune{base.__name__}"
     return LlmtuneTrainer
