@@ -43,7 +43,7 @@ from llmtune.outputs import (
 from llmtune.recipes import recipe_defaults_note, task_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
-from llmtune.trainer import build_trainer
+from llmtune.trainer import build_trainer, settle_find_unused_parameters, unused_parameters_message
 
 
 def command_line() -> str:
@@ -259,12 +259,20 @@ def _train(
     stopper = _callback(trainer, "StopOnSignal")
     finished = False
     try:
+        note = settle_find_unused_parameters(trainer)
+        if note:
+            info(f"llmtune: {note}")
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finished = True
     except KeyError as exc:  # found by the Trainer at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
         raise LlmtuneError(unknown_metric_message(cfg, str(exc))) from exc
+    except RuntimeError as exc:
+        message = unused_parameters_message(trainer, str(exc))
+        if message is None:
+            raise
+        raise LlmtuneError(message) from exc
     finally:
         stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
         _callback(trainer, "ProgressDisplay").close()  # the live display, also on errors

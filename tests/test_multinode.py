@@ -25,6 +25,7 @@ from llmtune.errors import LlmtuneError
 from llmtune.launch import LaunchOptions, check_options, launch_command
 from tests.run_utils import NO_DROPOUT, env, finetune_args, llmtune, losses, same_weights, write_csv
 
+DDP_WARNING = "find_unused_parameters=True was specified"
 # 64 train rows, global batch 8: 8 steps per epoch, 3 epochs; evaluation (13 rows) and a checkpoint
 # every 8 steps.
 SCHEDULE = ("--batch-size", "4", "--epochs", "3", "--set", NO_DROPOUT, "--set", "train.eval_batch_size=4")
@@ -112,6 +113,7 @@ def wait_for(path: Path, machines: list[Machine], timeout: float = 180) -> None:
 def check_clean(machines: list[Machine]) -> None:
     for m in machines:
         assert m.proc.returncode == 0, m.stderr[-3000:]
+        assert DDP_WARNING not in m.stderr  # find_unused_parameters is off: every parameter is used
         assert not m.errors() and "Traceback" not in m.stderr, m.stderr[-3000:]
 
 
@@ -332,6 +334,7 @@ def one_machine(tmp_path_factory, tiny_bert_dir, data) -> Path:
     out = tmp_path_factory.mktemp("one-machine") / "out"
     result = llmtune(finetune_args(tiny_bert_dir, data, out, *SCHEDULE, *SAVE_EVERY_8, "--num-processes", "2"))
     assert result.returncode == 0, result.stderr
+    assert DDP_WARNING not in result.stderr
     return out
 
 
