@@ -454,3 +454,76 @@ def test_output_dir_must_be_shared_and_writable(problem, tiny_bert_dir, data, tm
     assert expected in lines[0] and "storage every machine mounts" in lines[0]
     assert not (tmp_path / "out").exists()  # the main process removed the folder it created
     assert not theirs.exists() or not any(theirs.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm
+
+
+SLURM = Path(__file__).resolve().parent.parent / "recipes" / "slurm" / "llmtune.sbatch"
+FAKE_SRUN = """#!/bin/bash
+# srun --ntasks-per-node=1 CMD...: CMD once per "node", at the same time, each with its task's variables
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((n = 0; n < SLURM_NNODES; n++)); do
+    SLURM_NODEID=$n SLURM_PROCID=$n SLURM_LOCALID=0 HF_HOME="$FAKE_LOGS/hf-$n" \\
+        "$@" > "$FAKE_LOGS/node$n.out" 2> "$FAKE_LOGS/node$n.err" &
+    pids+=($!)
+done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+exit $rc
+"""
+FAKE_SCONTROL = """#!/bin/bash
+# scontrol show hostnames LIST
+[[ "$1 $2" == "show hostnames" ]] || exit 1
+printf '%s\\n' $FAKE_HOSTS
+"""
+
+
+def test_slurm_template_is_no_recipe(cli):
+    assert SLURM.is_file() and os.access(SLURM, os.R_OK)
+    header = [line for line in SLURM.read_text().splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --ntasks-per-node=1" in header and any(h.startswith("#SBATCH --signal=TERM@") for h in header)
+    listed = cli("recipes", "list").output
+    assert "slurm" not in listed and "sbatch" not in listed
+
+
+@pytest.mark.slow
+def test_slurm_template_trains_on_two_nodes(one_machine, tiny_bert_dir, data, tmp_path):
+    """The sbatch script, run as Slurm would on the first node (srun and scontrol faked: each
+    "node" is a process here), gives each node the right flags, and the nodes train exactly like
+    one machine with 2 processes."""
+    bin_dir, logs = tmp_path / "bin", tmp_path / "logs"
+    bin_dir.mkdir()
+    logs.mkdir()
+    for name, text in {"srun": FAKE_SRUN, "scontrol": FAKE_SCONTROL}.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    logged = bin_dir / "llmtune-logged"
+    logged.write_text(  # records its arguments, one per line, then runs llmtune
+        f'#!/bin/bash\nprintf "%s\\n" "$@" > "$FAKE_LOGS/argv$SLURM_NODEID"\nexec {sys.executable} -m llmtune "$@"\n'
+    )
+    logged.chmod(0o755)
+    port = free_port()
+    slurm_env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOGS": str(logs), "FAKE_HOSTS": "127.0.0.1 localhost",
+        "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242",
+        "LLMTUNE": str(logged), "LLMTUNE_MAIN_PORT": str(port),
+    }  # fmt: skip
+    out = tmp_path / "out"
+    args = finetune_args(tiny_bert_dir, data, out, *SCHEDULE, *SAVE_EVERY_8)
+    clean = {k: v for k, v in env(**slurm_env).items() if k != "SLURM_GPUS_ON_NODE"}  # CPU nodes: 1 process each
+    result = subprocess.run(["bash", str(SLURM), *args], capture_output=True, text=True, timeout=300, env=clean)
+    node_err = [(logs / f"node{n}.err").read_text() for n in (0, 1) if (logs / f"node{n}.err").exists()]
+    assert result.returncode == 0, (result.stderr, node_err)
+    for n in (0, 1):
+        argv = (logs / f"argv{n}").read_text().splitlines()
+        flags = dict(zip(argv[len(args) :: 2], argv[len(args) + 1 :: 2], strict=True))
+        assert argv[: len(args)] == args
+        assert flags == {
+            "--num-machines": "2", "--machine-rank": str(n), "--num-processes": "2",
+            "--main-process-ip": "127.0.0.1", "--main-process-port": str(port),
+        }  # fmt: skip
+        assert DDP_WARNING not in node_err[n] and "error:" not in node_err[n], node_err[n]
+    check_parity(one_machine, out, 24)
