@@ -238,6 +238,10 @@ class TrainArgs:
     dataloader_prefetch_factor: int | None = bounded(None, ge=1)
     # Keep workers alive between epochs/evaluations (needs dataloader_num_workers > 0).
     dataloader_persistent_workers: bool = False
+    # DDP (several processes): look for parameters that got no gradient in every step (a walk of
+    # the autograd graph per step). None = auto: only when the model needs it (a probe step leaves
+    # some trainable parameter without gradient, or layers/experts are skipped at random).
+    ddp_find_unused_parameters: bool | None = None
     overwrite: bool = False
     # Continue an interrupted run: "auto" (the newest complete checkpoint in output_dir, or a
     # fresh start when there is none) or a checkpoint folder. Set with --resume.

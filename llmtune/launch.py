@@ -10,6 +10,15 @@ from accelerate's ``PartialState`` (see :func:`distributed_state`).
 Shipped accelerate configs (DDP, FSDP, DeepSpeed ZeRO-2/3) live in ``recipes/accelerate/`` and can
 be named: ``--accelerate-config fsdp``.
 
+Several machines: the same command on each, with ``--num-machines``, ``--machine-rank`` and the
+address of machine rank 0 (``--main-process-ip/--main-process-port``). The machines meet through
+torch elastic's rendezvous (``--rdzv-backend static``: ranks follow ``--machine-rank``; ``c10d``:
+ranks are given out as machines join), bounded by ``--rdzv-timeout``: a machine that cannot reach
+the main process, or a main process that waits for machines that never come, fails in one
+``error:`` line instead of hanging. Workers die with their launcher (:func:`tie_to_launcher`), so
+a machine whose llmtune is killed really stops, and the others then fail fast on the lost
+connection instead of waiting on it.
+
 Module level stays torch-free (``--help`` must be instant).
 """
 
@@ -18,10 +27,13 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +44,16 @@ from llmtune.errors import LlmtuneError
 
 #: env vars through which a worker reports its exit code to the launching llmtune process
 STATUS_ENV = "LLMTUNE_LAUNCH_STATUS"
+#: the launcher's pid, for its workers (see tie_to_launcher)
+LAUNCHER_PID_ENV = "LLMTUNE_LAUNCHER_PID"
+#: ``--machine-rank`` as given, for the workers' messages (c10d numbers machines itself)
+MACHINE_RANK_ENV = "LLMTUNE_MACHINE_RANK"
 _WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_ENV = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_LOCAL_RANK_ENV = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+RDZV_BACKENDS = ("static", "c10d")
+#: seconds a machine waits to reach the main process, and the main process for all machines
+DEFAULT_RDZV_TIMEOUT = 120
 
 
 @dataclass
@@ -44,6 +64,8 @@ class LaunchOptions:
     main_process_ip: Optional[str] = None
     main_process_port: Optional[int] = None
     accelerate_config: Optional[str] = None
+    rdzv_backend: Optional[str] = None
+    rdzv_timeout: Optional[int] = None
 
     @property
     def requested(self) -> bool:
@@ -63,6 +85,18 @@ _OPTIONS = {
         "--config_file",
         "accelerate config YAML, or a shipped one: ddp, fsdp, deepspeed-zero2, deepspeed-zero3.",
     ),
+    "rdzv_backend": (
+        "--rdzv-backend",
+        "--rdzv_backend",
+        "How machines meet: static (default; ranks follow --machine-rank) or c10d (ranks given out as machines "
+        "join; --machine-rank optional).",
+    ),
+    "rdzv_timeout": (
+        "--rdzv-timeout",
+        "--rdzv_conf",  # passed as timeout settings, see rdzv_conf
+        f"Seconds a machine waits to reach the main process, and the main process for all machines "
+        f"(default {DEFAULT_RDZV_TIMEOUT}).",
+    ),
 }
 _TYPES: dict[str, Any] = {
     "num_processes": Optional[int],
@@ -71,6 +105,8 @@ _TYPES: dict[str, Any] = {
     "main_process_ip": Optional[str],
     "main_process_port": Optional[int],
     "accelerate_config": Optional[str],
+    "rdzv_backend": Optional[str],
+    "rdzv_timeout": Optional[int],
 }
 
 
@@ -96,6 +132,10 @@ def under_launcher() -> bool:
 
 def global_rank() -> int:
     return _env_int(_RANK_ENV, 0)
+
+
+def local_rank() -> int:
+    return _env_int(_LOCAL_RANK_ENV, 0)
 
 
 def _has_accelerator() -> bool:
@@ -161,13 +201,28 @@ def check_options(opts: LaunchOptions) -> None:
         raise LlmtuneError(f"--num-machines must be >= 1, got {opts.num_machines}")
     if opts.machine_rank is not None and not 0 <= opts.machine_rank < machines:
         raise LlmtuneError(f"--machine-rank must be in 0..{machines - 1}, got {opts.machine_rank}")
+    if opts.rdzv_backend is not None and opts.rdzv_backend not in RDZV_BACKENDS:
+        raise LlmtuneError(f"--rdzv-backend must be one of {', '.join(RDZV_BACKENDS)}, got '{opts.rdzv_backend}'")
+    if opts.rdzv_timeout is not None and opts.rdzv_timeout < 1:
+        raise LlmtuneError(f"--rdzv-timeout must be >= 1 (seconds), got {opts.rdzv_timeout}")
+    if machines == 1 and (opts.rdzv_backend is not None or opts.rdzv_timeout is not None):
+        raise LlmtuneError(
+            "--rdzv-backend and --rdzv-timeout are for runs over several machines: add --num-machines N "
+            "(with --machine-rank, --main-process-ip, --main-process-port), or drop them"
+        )
     if machines > 1:
-        missing = [
-            _OPTIONS[k][0] for k in ("machine_rank", "main_process_ip", "main_process_port") if getattr(opts, k) is None
-        ]
+        needed = ("main_process_ip", "main_process_port")
+        if (opts.rdzv_backend or "static") == "static":
+            needed = ("machine_rank", *needed)  # c10d gives out ranks as machines join
+        missing = [_OPTIONS[k][0] for k in needed if getattr(opts, k) is None]
         if missing:
             raise LlmtuneError(f"--num-machines {machines} needs {', '.join(missing)} (the same on every machine)")
-        if opts.num_processes is not None and opts.num_processes % machines:
+        if opts.num_processes is None:
+            raise LlmtuneError(
+                f"--num-machines {machines} needs --num-processes: the total over all machines "
+                f"(e.g. {machines} x the GPUs of one machine)"
+            )
+        if opts.num_processes % machines:
             raise LlmtuneError(
                 f"--num-processes {opts.num_processes} (the total) must be a multiple of --num-machines {machines}"
             )
@@ -178,6 +233,17 @@ def check_options(opts: LaunchOptions) -> None:
             "launch flags (--num-processes, --accelerate-config, ...) given inside a launched run: "
             "drop them, or run llmtune without accelerate launch / torchrun"
         )
+
+
+def rdzv_timeout(opts: LaunchOptions) -> int:
+    return opts.rdzv_timeout if opts.rdzv_timeout is not None else DEFAULT_RDZV_TIMEOUT
+
+
+def rdzv_conf(timeout: int) -> str:
+    """torch elastic's rendezvous settings for ``timeout`` seconds: ``timeout`` bounds the static
+    rendezvous (the main machine's wait for the others, their connection to it), ``join_timeout``
+    and ``read_timeout`` the c10d one (all machines joined; reaching its store)."""
+    return f"timeout={timeout},join_timeout={timeout},read_timeout={timeout}"
 
 
 def launch_command(argv: list[str], opts: LaunchOptions) -> list[str]:
@@ -195,11 +261,17 @@ def launch_command(argv: list[str], opts: LaunchOptions) -> list[str]:
         cmd += ["--num_processes", str(total), "--num_machines", str(opts.num_machines or 1)]
     for name, (_, flag, _) in _OPTIONS.items():
         value = getattr(opts, name)
-        if name == "accelerate_config" or value is None:
+        if name in ("accelerate_config", "rdzv_timeout") or value is None:
             continue
         if opts.accelerate_config is None and name in ("num_processes", "num_machines"):
             continue  # already added
         cmd += [flag, str(value)]
+    if (opts.num_machines or 1) > 1:
+        if opts.machine_rank is None:  # c10d: accelerate still wants a number (ranks come from the rendezvous)
+            cmd += ["--machine_rank", "0"]
+        if opts.rdzv_backend is None:
+            cmd += ["--rdzv_backend", "static"]
+        cmd += ["--rdzv_conf", rdzv_conf(rdzv_timeout(opts))]
     return [*cmd, "-m", "llmtune", *argv]
 
 
@@ -221,21 +293,53 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def wait_for_main(host: str, port: int, timeout: float, machine_rank: int) -> None:
+    """Wait until the main process (machine rank 0) accepts connections at ``host:port``.
+
+    Machines start at slightly different times, so refused connections are retried; after
+    ``timeout`` seconds the run is refused in one line naming the flags to check. (torch's own
+    connection timeout would apply twice, with its retry, and end in a C++ stack trace.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(remaining, 5.0))):
+                return
+        except OSError as exc:  # refused, unreachable, unknown host, timed out
+            reason = exc.strerror or str(exc) or type(exc).__name__
+        if time.monotonic() + 0.5 >= deadline:
+            break
+        time.sleep(0.5)
+    raise LlmtuneError(
+        f"machine rank {machine_rank} could not reach the main process at {host}:{port} within {timeout:g} s "
+        f"(--rdzv-timeout; last error: {reason}): check --main-process-ip/--main-process-port (the address of "
+        f"machine rank 0 as this machine reaches it, and a free port there) and that llmtune runs there"
+    )
+
+
 def relaunch(opts: LaunchOptions, argv: list[str] | None = None) -> int:
     """Run the current llmtune command under ``accelerate launch``; returns the exit code.
 
-    SIGTERM sent to this process is passed on to the launcher (which passes it to the workers:
-    they save a checkpoint and stop). Ctrl-C reaches the workers through the terminal's process
-    group, so it is not forwarded again here. A worker that fails with a user error reports its
-    exit code through a status file, so ``llmtune`` exits with that code (e.g. 2), not the
-    launcher's generic 1.
+    SIGTERM sent to this process is passed on to the launcher, whose torch elastic agent passes it
+    to the workers (they save a checkpoint and stop). Ctrl-C (SIGINT from the terminal) reaches the
+    launcher through the terminal's process group, and its agent passes it on the same way, so it
+    is not forwarded again here. A worker that fails with a user error reports its exit code
+    through a status file, so ``llmtune`` exits with that code (e.g. 2), not the launcher's
+    generic 1. On machines other than rank 0, the main process must be reachable first
+    (:func:`wait_for_main`).
     """
     argv = strip_launch_flags(list(sys.argv[1:] if argv is None else argv))
     cmd = launch_command(argv, opts)
+    if (opts.num_machines or 1) > 1 and opts.machine_rank:
+        assert opts.main_process_ip is not None and opts.main_process_port is not None  # check_options
+        wait_for_main(opts.main_process_ip, opts.main_process_port, rdzv_timeout(opts), opts.machine_rank)
     fd, status = tempfile.mkstemp(prefix="llmtune-status-")
     os.close(fd)
     env = {**os.environ, STATUS_ENV: status}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if opts.machine_rank is not None:
+        env[MACHINE_RANK_ENV] = str(opts.machine_rank)
     if os.environ.get("LLMTUNE_DEBUG", "") in ("", "0"):
         env.setdefault("LOGLEVEL", "ERROR")  # torch elastic's own warnings ("Sending process closing signal")
     proc = subprocess.Popen(cmd, env=env)
@@ -247,31 +351,80 @@ def relaunch(opts: LaunchOptions, argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_term)
         signal.signal(signal.SIGINT, previous_int)
     try:
-        reported = Path(status).read_text().strip()
+        reports = _reports(status)
     finally:
         os.unlink(status)
-    if rc != 0 and reported.isdigit():
-        return int(reported)
+    if rc != 0 and reports:
+        return reports[0][0]
     return rc
 
 
-def report_exit_code(code: int) -> None:
-    """In a launched worker: record the exit code for the launching llmtune (first one wins)."""
+def report_exit_code(code: int, shown: bool = True) -> None:
+    """In a launched worker: record the exit code for the launching llmtune (the first one wins),
+    and whether an ``error:`` line was printed for it (quiet ranks print none)."""
     path = os.environ.get(STATUS_ENV)
     if not path:
         return
     try:
-        with open(path, "r+", encoding="utf-8") as fh:
-            if not fh.read().strip():
-                fh.seek(0)
-                fh.write(str(code))
+        with open(path, "a", encoding="utf-8") as fh:  # one short append per worker: no interleaving
+            fh.write(f"{code} {int(shown)}\n")
     except OSError:
         pass
 
 
+def _reports(path: str | None) -> list[tuple[int, bool]]:
+    """The (exit code, line printed) reports in a status file, first first."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines() if path else []
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].lstrip("-").isdigit():
+            out.append((int(parts[0]), parts[1] == "1"))
+    return out
+
+
 def is_quiet_rank() -> bool:
-    """Workers other than the global main one keep user-error lines to themselves."""
-    return under_launcher() and global_rank() != 0
+    """Workers other than the first of each machine keep error lines to themselves.
+
+    Every worker usually hits the same error (or the echo of another's: a closed connection), so
+    one line per machine is enough, and each machine's log says why it stopped.
+    """
+    return under_launcher() and local_rank() != 0
+
+
+def tie_to_launcher() -> None:
+    """In a worker started by llmtune's launcher: die (SIGKILL) when the launcher dies (Linux).
+
+    torch elastic starts each worker in a session of its own, so a SIGKILL of the launcher, or of
+    llmtune's process group (a job manager, ``kill -9 -PGID``), would leave the workers running:
+    still holding their devices, and on the other machines nobody would learn that this one is
+    gone. A launcher that stops normally (signals, failures) stops its workers itself first.
+    """
+    value = os.environ.get(LAUNCHER_PID_ENV, "")
+    if not value.isdigit() or not sys.platform.startswith("linux"):
+        return
+    launcher = int(value)
+    if os.getppid() != launcher:
+        # Started through another layer (DeepSpeed's multi-node runner): that one is in charge,
+        # unless the launcher is gone already.
+        try:
+            os.kill(launcher, 0)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)
+        except OSError:
+            pass
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != launcher:  # the launcher died just before prctl
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,12 +466,61 @@ def launchable(fn: Callable) -> Callable:
     return wrapper
 
 
+def rendezvous_problem(exc: BaseException, args: Any) -> str | None:
+    """What went wrong when the machines did not meet (None: not a rendezvous failure).
+
+    ``args`` are the parsed ``accelerate launch`` arguments: the message names llmtune's flags.
+    """
+    from torch.distributed import DistError
+    from torch.distributed.elastic.rendezvous.api import (
+        RendezvousConnectionError,
+        RendezvousError,
+        RendezvousTimeoutError,
+    )
+
+    from llmtune.errors import one_line
+
+    machines = int(args.num_machines or 1)
+    where = f"{args.main_process_ip}:{args.main_process_port}"
+    match = re.search(r"(?:^|,)timeout=(\d+)", args.rdzv_conf or "")
+    timeout = f"{match.group(1)} s" if match else "the timeout"
+    own_rank = ", its own --machine-rank" if args.rdzv_backend == "static" else ""
+    start = (
+        f"start llmtune on every machine with --num-machines {machines}{own_rank} and the same "
+        f"--main-process-ip/--main-process-port"
+    )
+    text = str(exc)
+    if isinstance(exc, ConnectionError) and "is utilizing it" in text:  # accelerate's check on machine rank 0
+        return f"--main-process-port {args.main_process_port} is in use on this machine: pick a free port, the same on every machine"
+    joined = re.search(r"(\d+)/(\d+) clients joined", text)
+    if joined:  # static: the main machine waited for the others
+        return (
+            f"only {joined.group(1)} of {machines} machines joined the main process at {where} within {timeout} "
+            f"(--rdzv-timeout): {start}"
+        )
+    if isinstance(exc, RendezvousTimeoutError):  # c10d: not everybody joined
+        return f"not all {machines} machines joined the c10d rendezvous at {where} within {timeout} (--rdzv-timeout): {start}"
+    if isinstance(exc, (RendezvousConnectionError, DistError, TimeoutError)) or (
+        isinstance(exc, RuntimeError) and "TCPStore" in text
+    ):
+        return (
+            f"could not reach the main process at {where} within {timeout} (--rdzv-timeout): check "
+            f"--main-process-ip/--main-process-port (the address of machine rank 0 as every machine reaches it, "
+            f"and a free port there) and that llmtune runs there ({one_line(text, 200)})"
+        )
+    if isinstance(exc, RendezvousError):
+        return f"the machines could not meet at {where}: {one_line(text, 300)}"
+    return None
+
+
 def launcher_main(argv: list[str]) -> int:
     """``accelerate launch`` with llmtune's error contract (run as ``python -m llmtune.launch``).
 
     When a worker fails it has already printed its one ``error:`` line and recorded its exit
     code; the launcher would then add torch elastic's traceback and failure report. Here that
-    report is dropped unless ``--debug`` (LLMTUNE_DEBUG=1) is set.
+    report is dropped unless ``--debug`` (LLMTUNE_DEBUG=1) is set. Failures before any worker
+    runs (the machines did not meet, see :func:`rendezvous_problem`) are reported here, in one
+    line, with exit code 2.
     """
     import logging
 
@@ -329,14 +531,38 @@ def launcher_main(argv: list[str]) -> int:
     debug = os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
     if not debug:
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # inherited by the workers: tie_to_launcher
     try:
         accelerate_launch(args)
     except Exception as exc:
         if debug:
             raise
-        # ChildFailedError (torchrun) or CalledProcessError (single process): workers reported.
+        problem = rendezvous_problem(exc, args) if (args.num_machines or 1) > 1 else None
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            report_exit_code(LlmtuneError.exit_code)
+            return LlmtuneError.exit_code
+        if not any(shown for _, shown in _reports(os.environ.get(STATUS_ENV))):
+            # No worker said why: none ran (accelerate refused), or one died of a signal.
+            print(f"error: {launch_failure(exc)}", file=sys.stderr, flush=True)
+            report_exit_code(1)
+        # ChildFailedError (torchrun) or CalledProcessError (single process)
         return int(getattr(exc, "returncode", 1) or 1)
     return 0
+
+
+def launch_failure(exc: BaseException) -> str:
+    """One line for a launch that failed with no worker's message: the worker that died and how,
+    or accelerate's own complaint."""
+    from llmtune.errors import one_line
+
+    failures = getattr(exc, "failures", None)  # torch elastic's ChildFailedError
+    if failures:
+        rank, failure = min(failures.items())
+        how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        hint = " (killed: out of memory?)" if failure.exitcode == -signal.SIGKILL else ""
+        return f"worker process rank {rank} died with {how}{hint}; rerun with --debug for torch's report"
+    return f"accelerate launch failed: {type(exc).__name__}: {one_line(str(exc), 300)}"
 
 
 if __name__ == "__main__":

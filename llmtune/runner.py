@@ -2,17 +2,21 @@
 
 Tasks only supply hooks (:class:`llmtune.tasks.base.Task`); everything here is written once.
 Distributed runs go through accelerate (``PartialState``): preprocessing runs on the main
-process first and the others reuse the ``datasets`` cache; only the main process prints/writes.
+process first, then on the first process of every other machine, and the others reuse their
+machine's ``datasets`` cache; only the main process prints/writes; the output folder is checked on
+every machine (:func:`check_output_storage`).
 Output files live in :mod:`llmtune.outputs`, printing in :mod:`llmtune.console`, the Trainer
 subclass and its arguments in :mod:`llmtune.trainer`.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from llmtune.outputs import (
 from llmtune.recipes import recipe_defaults_note, task_defaults_note
 from llmtune.tasks import get_task
 from llmtune.tasks.base import RunContext
-from llmtune.trainer import build_trainer
+from llmtune.trainer import build_trainer, settle_find_unused_parameters, unused_parameters_message
 
 
 def command_line() -> str:
@@ -57,21 +61,148 @@ def run_train(cfg: RunConfig, command: str | None = None, debug: bool = False) -
     from llmtune.launch import distributed_state
 
     state = distributed_state()
-    if state.is_main_process:
-        check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
-    state.wait_for_everyone()
     # A folder this run creates goes again if the run fails before a checkpoint is saved in it.
     guard = removed_on_failure(output_dir, keep=latest_checkpoint) if state.is_main_process else nullcontext()
-    with guard:
-        return _train(cfg, task, output_dir, state, command, debug)
+    with guard, connection_losses_reported(state, output_dir):
+        resume_from = check_output_storage(cfg, output_dir, state)
+        return _train(cfg, task, output_dir, state, command, debug, resume_from)
 
 
-def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str | None, debug: bool) -> dict:
+def check_output_storage(cfg: RunConfig, output_dir: Path, state: Any) -> Path | None:
+    """Check the output folder on every machine before any work; returns the checkpoint to resume from.
+
+    The main process checks that earlier results are not clobbered and picks the checkpoint for
+    ``--resume``. Over several processes every machine must also write to the same folder: the main
+    process writes checkpoints and the final model, every process writes its part of a checkpoint
+    (RNG state, shards) and reads the checkpoint it resumes from. So the first process of each
+    other machine checks that the folder is writable there and shows a file the main process just
+    wrote. Any problem stops every process, on every machine, with the same message; all of them
+    resume from the checkpoint the main process picked.
+    """
+    import uuid
+
+    from llmtune.checkpoint import incomplete_reason, resolve_resume
+    from llmtune.distributed import gather, stop_together
+
+    def main_checks() -> Path | None:
+        check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
+        return resolve_resume(cfg.train.resume, output_dir)
+
+    if state.num_processes == 1:
+        return main_checks()
+    resume_from, token, problem, error = None, None, None, None
+    if state.is_main_process:
+        try:
+            resume_from = main_checks()
+            token = uuid.uuid4().hex
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / f"{STORAGE_CHECK_PREFIX}{token}").write_text(token, encoding="utf-8")
+        except LlmtuneError as exc:
+            problem, error = str(exc), exc
+        except OSError as exc:
+            problem = f"output dir {output_dir} is not writable ({exc.strerror}): pass another --output-dir"
+    stop_together(problem, error)
+    token, resume = gather((token, str(resume_from) if resume_from else None))[0]
+    try:
+        problem = None
+        if state.is_local_main_process and not state.is_main_process:
+            problem = machine_storage_problem(output_dir, token)
+            if problem is None and resume is not None and incomplete_reason(resume) is not None:
+                problem = f"checkpoint {resume} picked by the main process is not complete on this machine: {incomplete_reason(resume)}"
+        if problem is not None:
+            from llmtune.distributed import machine_name
+
+            problem = f"{machine_name()}: {problem}"
+        stop_together(problem)
+    finally:
+        if state.is_main_process:
+            (output_dir / f"{STORAGE_CHECK_PREFIX}{token}").unlink(missing_ok=True)
+    return Path(resume) if resume is not None else None
+
+
+#: a file the main process writes, named and filled with a fresh token (check_output_storage): a
+#: new name every run, so no network filesystem can answer from an earlier lookup
+STORAGE_CHECK_PREFIX = ".llmtune-storage-check-"
+
+
+def machine_storage_problem(output_dir: Path, token: str, wait: float = 5.0) -> str | None:
+    """Why ``output_dir`` on this machine is not writable, or not the main process's folder (its
+    file ``STORAGE_CHECK_PREFIX + token`` not seen within ``wait`` seconds); None when all is well."""
+    shared = (
+        "--output-dir must be one folder on storage every machine mounts, writable from all of them (the main "
+        "process writes checkpoints and the final model there, every machine reads the checkpoint it resumes from)"
+    )
+    deadline = time.monotonic() + wait
+    while True:
+        probe_dir = output_dir
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            return f"output dir {output_dir} is not writable here ({probe_dir} is a file): {shared}"
+        if probe_dir == output_dir:
+            try:
+                probe = output_dir / f".llmtune-write-test-{os.getpid()}"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                return f"output dir {output_dir} is not writable here ({exc.strerror}): {shared}"
+            try:
+                if (output_dir / f"{STORAGE_CHECK_PREFIX}{token}").read_text(encoding="utf-8") == token:
+                    return None
+            except OSError:
+                pass
+        if time.monotonic() >= deadline:  # not seen (yet): a network filesystem may show it a little later
+            break
+        time.sleep(0.25)
+    if probe_dir != output_dir:
+        return f"output dir {output_dir} does not exist here, although the main process created it: {shared}"
+    return f"output dir {output_dir} does not show the files the main process writes there: {shared}"
+
+
+@contextmanager
+def connection_losses_reported(state: Any, output_dir: Path | None = None) -> Iterator[None]:
+    """A run over several processes that loses one of them stops with one line saying so and how
+    to go on (not with a gloo/NCCL error), exit code 1. ``output_dir``: a training run's, whose
+    newest checkpoint is named for ``--resume auto``."""
+    try:
+        yield
+    except LlmtuneError:
+        raise
+    except Exception as exc:
+        if state.num_processes == 1:
+            raise
+        from llmtune.distributed import LostConnection, lost_connection, machine_name
+
+        if not lost_connection(exc):
+            raise
+        what = "start it again on every machine"
+        if output_dir is not None:
+            from llmtune.checkpoint import latest_checkpoint
+
+            newest = latest_checkpoint(output_dir)
+            what = "start llmtune again on every machine with --resume auto " + (
+                f"(it continues from {newest})" if newest else "(no complete checkpoint yet: it starts over)"
+            )
+        raise LostConnection(
+            f"{machine_name()} lost the connection to another process of this run (a machine stopped, was "
+            f"killed or lost its network): {what}"
+        ) from exc
+
+
+def _train(
+    cfg: RunConfig,
+    task: Any,
+    output_dir: Path,
+    state: Any,
+    command: str | None,
+    debug: bool,
+    resume_from: Path | None,
+) -> dict:
     from transformers import set_seed
 
-    from llmtune.checkpoint import remove_checkpoints, remove_partial, resolve_resume
+    from llmtune.checkpoint import remove_checkpoints, remove_partial
+    from llmtune.distributed import machine_first
 
-    resume_from = resolve_resume(cfg.train.resume, output_dir)
     quiet_libraries(debug)
     from llmtune.trainer import check_report_to
 
@@ -95,9 +226,12 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     ctx.state["performance"] = performance = hardware.preflight(cfg)  # before any data work
     info(performance_line(cfg, performance))
     ctx.tokenizer = task.load_tokenizer(ctx)
-    with state.main_process_first():
+
+    def load_and_prepare() -> tuple[Any, Any]:
         raw = task.load_data(ctx)
-        processed = task.prepare(ctx, raw)
+        return raw, task.prepare(ctx, raw)
+
+    raw, processed = machine_first(state, load_and_prepare)
     if "train" not in processed:
         raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no '{cfg.data.train_split}' split to train on")
     check_train_size(ctx, processed["train"], state.num_processes)
@@ -125,12 +259,20 @@ def _train(cfg: RunConfig, task: Any, output_dir: Path, state: Any, command: str
     stopper = _callback(trainer, "StopOnSignal")
     finished = False
     try:
+        note = settle_find_unused_parameters(trainer)
+        if note:
+            info(f"llmtune: {note}")
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finished = True
     except KeyError as exc:  # found by the Trainer at the first evaluation
         if "metric_for_best_model" not in str(exc):
             raise
         raise LlmtuneError(unknown_metric_message(cfg, str(exc))) from exc
+    except RuntimeError as exc:
+        message = unused_parameters_message(trainer, str(exc))
+        if message is None:
+            raise
+        raise LlmtuneError(message) from exc
     finally:
         stopper.on_train_end(trainer.args, trainer.state, trainer.control)  # restore signal handlers
         _callback(trainer, "ProgressDisplay").close()  # the live display, also on errors
@@ -255,13 +397,14 @@ def performance_line(cfg: RunConfig, resolved: dict) -> str:
     return f"llmtune: {machine()}: " + ", ".join(parts)
 
 
-def precheck_train(cfg: RunConfig) -> None:
-    """Cheap checks worth doing before launching workers: output dir and --resume."""
+def precheck_train(cfg: RunConfig, files: bool = True) -> None:
+    """Cheap checks worth doing before launching workers: output dir and --resume (``files``), runtime."""
     from llmtune.checkpoint import resolve_resume
 
-    output_dir = default_output_dir(cfg)
-    check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
-    resolve_resume(cfg.train.resume, output_dir)
+    if files:
+        output_dir = default_output_dir(cfg)
+        check_output_dir(output_dir, cfg.train.overwrite, allow_existing=cfg.train.resume is not None)
+        resolve_resume(cfg.train.resume, output_dir)
     check_runtime(cfg)
 
 
@@ -289,7 +432,8 @@ def run_eval(
         check_output_dir(output_dir, overwrite=True)
     state.wait_for_everyone()
     # MODEL/eval (or --output-dir) is created by the Trainer; a failed eval leaves none behind.
-    with removed_on_failure(output_dir) if state.is_main_process else nullcontext():
+    guard = removed_on_failure(output_dir) if state.is_main_process else nullcontext()
+    with guard, connection_losses_reported(state):
         return _evaluate(cfg, task, model_path, output_dir, split, state, debug)
 
 
@@ -312,7 +456,8 @@ def _evaluate(
     ctx.model = task.load_trained_model(ctx)
     hardware.apply_to_model(cfg, ctx.model)
     task.check_model(ctx, ctx.model)
-    with state.main_process_first():
+
+    def load_and_prepare() -> tuple[Any, Any]:
         raw = task.load_data(ctx)
         if "validation" not in raw:
             if split is None and "train" in raw and "test" not in raw:
@@ -321,7 +466,11 @@ def _evaluate(
                 raw["validation"] = raw["test"]
             else:
                 raise LlmtuneError(f"dataset '{cfg.data.dataset}' has no split to evaluate; pass --split")
-        processed = task.prepare(ctx, {"validation": raw["validation"]})
+        return raw, task.prepare(ctx, {"validation": raw["validation"]})
+
+    from llmtune.distributed import machine_first
+
+    raw, processed = machine_first(state, load_and_prepare)
     for message in ctx.warnings:
         warn(message)
     trainer = build_trainer(ctx, task, output_dir, processed, has_eval=True)

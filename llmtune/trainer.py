@@ -164,12 +164,23 @@ def llmtune_trainer(base: type) -> type:
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
             args = self.args
-            return LengthGroupedSampler(
+            self._length_sampler = LengthGroupedSampler(
                 lengths,
                 args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
                 self.length_group_batches,
                 args.data_seed if args.data_seed is not None else args.seed,
             )
+            return self._length_sampler
+
+        _length_sampler: LengthGroupedSampler | None = None
+
+        def _run_epoch(self, model, epoch, *args, **kwargs):
+            # The epoch seeds the length-grouped order. accelerate's set_epoch reaches the sampler
+            # through BatchSamplerShard (several processes) or SkipBatchSampler (a resumed epoch)
+            # but not through both: a multi-process run resumed mid-epoch replayed epoch 0's order.
+            if self._length_sampler is not None:
+                self._length_sampler.set_epoch(epoch)
+            return super()._run_epoch(model, epoch, *args, **kwargs)
 
     LlmtuneTrainer.__name__ = f"Llmtune{base.__name__}"
     return LlmtuneTrainer
@@ -230,6 +241,138 @@ def loss_uses_item_count(trainer: Any) -> bool | None:
     if one is None or two is None or not torch.isfinite(one) or float(one) == 0.0:
         return None
     return bool(torch.isclose(one, 2 * two, rtol=1e-4))
+
+
+#: DDP's error when a parameter got no gradient while ``find_unused_parameters`` was off
+DDP_UNUSED_ERROR = "Expected to have finished reduction in the prior iteration"
+
+
+def settle_find_unused_parameters(trainer: Any) -> str | None:
+    """Decide DDP's ``find_unused_parameters`` when ``train.ddp_find_unused_parameters`` is auto (null).
+
+    transformers turns it on for every multi-process run (off only with gradient checkpointing):
+    DDP then walks the autograd graph after every forward to find parameters without a gradient,
+    and at the first step warns when it found none. Here it is on only where the model needs it:
+    layers or experts skipped at random (:func:`stochastic_structure`), or trainable parameters
+    that a probe step leaves without a gradient (:func:`parameters_without_gradient`); a probe
+    that cannot run keeps it on. All processes agree (any one needing it turns it on for all).
+    Call before ``trainer.train()``; returns a note for the run's output when it is on.
+    """
+    args = trainer.args
+    handler = getattr(trainer.accelerator, "ddp_handler", None)
+    if args.world_size <= 1 or handler is None or args.ddp_find_unused_parameters is not None:
+        return None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return None
+    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
+        return None  # transformers' choice, off: it breaks reentrant activation checkpointing
+    from llmtune.distributed import gather
+
+    reason = stochastic_structure(trainer.accelerator.unwrap_model(trainer.model))
+    if reason is None:
+        try:
+            missing = parameters_without_gradient(trainer)
+        except Exception as exc:  # a model or loss the probe cannot drive: keep transformers' choice
+            reason = f"a probe step could not run ({type(exc).__name__})"
+        else:
+            if missing:
+                reason = f"{len(missing)} trainable parameter(s) got no gradient in a probe step, e.g. {', '.join(missing[:3])}"
+    reasons = [r for r in gather(reason) if r]
+    handler.find_unused_parameters = bool(reasons)
+    args.ddp_find_unused_parameters = bool(reasons)
+    if not reasons:
+        return None
+    return (
+        f"DDP looks for parameters without gradient at every step: {reasons[0]} "
+        f"(set train.ddp_find_unused_parameters=false if every step does use them all)"
+    )
+
+
+def stochastic_structure(model: Any) -> str | None:
+    """Why some training steps may leave parameters without gradient although a probe step does
+    not: layers dropped at random (``layerdrop``), or experts that tokens are routed past."""
+    configs = [getattr(model, "config", None)]
+    for name in ("text_config", "encoder", "decoder", "audio_config", "vision_config"):
+        sub = getattr(configs[0], name, None)
+        if hasattr(sub, "to_dict"):
+            configs.append(sub)
+    for config in configs:
+        for key in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"):
+            value = getattr(config, key, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                return f"{key}={value} skips layers at random"
+        for key in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+                return f"a mixture of {value} experts routes tokens past some of them"
+    return None
+
+
+def parameters_without_gradient(trainer: Any, rows: int = 2) -> list[str]:
+    """Trainable parameters that one training step on the first ``rows`` training rows leaves
+    without a gradient.
+
+    The step is the Trainer's own loss (``compute_loss``: the task's loss, DPO's reference scores
+    included), forward and backward in training mode, on the model before DDP wraps it. Every
+    RNG, the gradients and the trainer's own attributes are put back as they were, so the run
+    is unchanged.
+    """
+    import itertools
+    import random
+
+    import datasets
+    import numpy as np
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    dataset, collator = trainer.train_dataset, trainer.data_collator
+    if isinstance(dataset, datasets.Dataset):
+        dataset = trainer._remove_unused_columns(dataset, description="training")
+    else:
+        collator = trainer._get_collator_with_removed_columns(collator, description="training")
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    grads = [p.grad for _, p in params]
+    attributes = dict(vars(trainer))
+    was_training = model.training
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = sorted({p.device.index or 0 for _, p in params if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices):
+            examples = list(itertools.islice(iter(dataset), rows))
+            inputs = trainer._prepare_inputs(collator(examples))
+            for _, p in params:
+                p.grad = None
+            model.train()
+            loss = trainer.compute_loss(model, inputs)
+            loss.backward()
+            return [name for name, p in params if p.grad is None]
+    finally:
+        for (_, p), grad in zip(params, grads, strict=True):
+            p.grad = grad
+        model.train(was_training)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        for key in [k for k in vars(trainer) if k not in attributes]:
+            delattr(trainer, key)
+        vars(trainer).update(attributes)
+
+
+def unused_parameters_message(trainer: Any, text: str) -> str | None:
+    """DDP's error for a parameter without gradient while ``find_unused_parameters`` was off, as
+    one line naming the parameters and the setting (None: ``text`` is another error)."""
+    import re
+
+    if DDP_UNUSED_ERROR not in text:
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    match = re.search(r"did not receive grad for rank \d+: ([\d ]+)", text)
+    picked = [names[int(i)] for i in match.group(1).split() if int(i) < len(names)] if match else []
+    shown = f" (e.g. {', '.join(picked[:3])})" if picked else ""
+    return (
+        f"parameters got no gradient in a training step{shown}, but DDP was set up for a model that uses them all "
+        f"(train.ddp_find_unused_parameters off): set --set train.ddp_find_unused_parameters=true"
+    )
 
 
 def length_grouped_indices(lengths: list[int], batch_size: int, group_batches: int, generator: Any) -> list[int]:
@@ -316,6 +459,7 @@ def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: b
         disable_tqdm=True,  # llmtune.progress draws the run
         remove_unused_columns=True,
         save_safetensors=True,
+        ddp_find_unused_parameters=t.ddp_find_unused_parameters,  # None: settle_find_unused_parameters
     )
     # precision, TF32, torch.compile, optimizer, Liger, dataloader workers (checked in preflight)
     kwargs.update(hardware.training_kwargs(cfg, ctx.state.get("performance")))

@@ -363,6 +363,29 @@ def make_cases():
     def _(d, m):
         return c(["--dataset", good_csv(d), "--num-processes", "2", "--main-process-port", "70000"])
 
+    machines = [
+        "--num-machines",
+        "2",
+        "--machine-rank",
+        "1",
+        "--main-process-ip",
+        "127.0.0.1",
+        "--main-process-port",
+        "1",
+    ]
+
+    @add("launch-unknown-rdzv-backend", "--rdzv-backend must be one of static, c10d, got 'etcd'")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--num-processes", "2", *machines, "--rdzv-backend", "etcd"])
+
+    @add("launch-rdzv-timeout-one-machine", "--rdzv-backend and --rdzv-timeout are for runs over several machines")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--num-processes", "2", "--rdzv-timeout", "30"])
+
+    @add("launch-machines-without-process-count", "--num-machines 2 needs --num-processes")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), *machines])
+
     @add("tokenizer-min-frequency-zero", "--min-frequency must be >= 1, got 0")
     def _(d, m):
         return c(["tokenizer", "train", "-d", good_csv(d), "-o", d / "tok", "--min-frequency", "0"], full=True)

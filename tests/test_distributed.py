@@ -16,6 +16,7 @@ from tests.run_utils import NO_DROPOUT, finetune_args, llmtune, losses, same_wei
 
 pytestmark = pytest.mark.slow
 
+DDP_WARNING = "find_unused_parameters=True was specified"
 # 64 train rows (global batch 8: 8 steps per epoch) + 13 validation rows (not a multiple of the
 # 2 x 4 eval batch, so the last distributed eval batch is padded and must be de-duplicated).
 COMMON = ("--epochs", "2", "--set", NO_DROPOUT, "--set", "train.eval_batch_size=4")
@@ -50,6 +51,8 @@ def test_torchrun_two_processes_match_one(single, tiny_bert_dir, data, tmp_path)
     result = torchrun(finetune_args(tiny_bert_dir, data, out, "--batch-size", "4", *COMMON, *keep))
     assert result.returncode == 0, result.stderr
     check_parity(single, out)
+    # Every parameter gets a gradient: DDP does not look for unused ones (nor warns that it found none).
+    assert DDP_WARNING not in result.stderr and "DDP looks for" not in result.stdout
     # Printed and written once (rank 0 only).
     assert result.stdout.count("saved to") == 1
     # Evaluation saw each of the 13 rows exactly once, in file order.
@@ -76,6 +79,7 @@ def test_llmtune_launches_itself(single, tiny_bert_dir, data, tmp_path):
     check_parity(single, out)
     # completed: the main process removed the checkpoints once every process had saved
     assert not list(out.glob("*checkpoint-*")) and result.stdout.count("checkpoints removed") == 1
+    assert DDP_WARNING not in result.stderr
 
 
 def test_launched_user_error_is_one_line_exit_2(tiny_bert_dir, data, tmp_path):
@@ -118,6 +122,7 @@ def test_streaming_two_processes_match_one(tmp_path):
     assert result.returncode == 0, result.stderr
     result = llmtune([*common, "--batch-size", "4", "-o", str(two), "--num-processes", "2"])
     assert result.returncode == 0, result.stderr
+    assert DDP_WARNING not in result.stderr  # the probe step reads its rows from the stream
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)
@@ -133,6 +138,7 @@ def test_lora_two_processes_match_one(tiny_bert_dir, data, tmp_path):
     result = torchrun(finetune_args(tiny_bert_dir, data, two, "--batch-size", "4", *lora))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("LoRA adapters: ") == 1  # printed by rank 0 only
+    assert DDP_WARNING not in result.stderr  # the frozen base is no concern of DDP's
     check_parity(one, two)
     assert (two / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -154,3 +160,24 @@ def test_dropout_makes_processes_differ(tiny_bert_dir, data, tmp_path):
     gaps = [abs(x - y) for x, y in zip(a, b, strict=True)]
     assert max(gaps) > 1e-4, (a, b)  # not the 1e-5 parity of dropout-free runs
     assert max(gaps) < 0.2, (a, b)  # but the same data and schedule
+
+
+def test_unused_parameters_are_found_or_refused_in_one_line(tmp_path):
+    """A GPT-2 with cross-attention layers that clm never feeds: auto finds the parameters without
+    gradient before training and has DDP look for them every step; forced off, DDP's reduction
+    error becomes one line naming the parameters and the setting."""
+    common = ["pretrain", "--recipe", "clm-smoke", "--max-steps", "3", "--num-processes", "2"]
+    common += ["--set", "model.config_overrides={add_cross_attention: true}", "--set", "train.eval_strategy=no"]
+    result = llmtune([*common, "-o", str(tmp_path / "auto")])
+    assert result.returncode == 0, result.stderr
+    assert "DDP looks for parameters without gradient at every step: 16 trainable parameter(s) got no gradient" in (
+        result.stdout
+    )
+    assert "crossattention" in result.stdout and DDP_WARNING not in result.stderr
+
+    result = llmtune([*common, "-o", str(tmp_path / "off"), "--set", "train.ddp_find_unused_parameters=false"])
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "transformer.h.0.crossattention.c_attn.weight" in lines[0]
+    assert lines[0].endswith("set --set train.ddp_find_unused_parameters=true")

@@ -143,3 +143,101 @@ def test_keep_checkpoints_old_name_is_still_read(cli):
     )  # fmt: skip
     assert result.exit_code == 2
     assert "train.save_final_checkpoint is the old name of train.keep_checkpoints" in result.output
+
+
+# ---- DDP's find_unused_parameters (llmtune.trainer.settle_find_unused_parameters) -------------
+
+
+def _gpt2(cross_attention: bool):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, add_cross_attention=cross_attention
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _trainer(model, tmp_path, cls=None):
+    import datasets
+    from transformers import Trainer, TrainingArguments
+
+    rows = [
+        {"input_ids": [i % 50 for i in range(s, s + 8)], "labels": [i % 50 for i in range(s, s + 8)]} for s in range(4)
+    ]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to="none", use_cpu=True)
+    return (cls or Trainer)(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows))
+
+
+def test_probe_finds_parameters_without_gradient(tmp_path):
+    import random
+
+    from llmtune.trainer import parameters_without_gradient
+
+    trainer = _trainer(_gpt2(cross_attention=True), tmp_path)
+    model = trainer.model
+    model.eval()
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    missing = parameters_without_gradient(trainer)
+    assert missing and all("crossattention" in name or "ln_cross_attn" in name for name in missing)
+    assert len(missing) == 8  # c_attn, q_attn, c_proj and ln_cross_attn: weights and biases, one layer
+    # The run is unchanged: RNGs, gradients and the model's mode as they were.
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    # Frozen parameters are no concern of DDP's: freezing the unused layers leaves nothing to find.
+    for name, p in model.named_parameters():
+        if name in missing:
+            p.requires_grad_(False)
+    assert parameters_without_gradient(trainer) == []
+    assert parameters_without_gradient(_trainer(_gpt2(cross_attention=False), tmp_path)) == []
+
+
+def test_probe_leaves_the_trainer_as_it_was(tmp_path):
+    """Losses with side effects (DPO sums its rewards for the next log line) do not keep the probe's."""
+    from transformers import Trainer
+
+    from llmtune.trainer import parameters_without_gradient
+
+    class Counting(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.sums = getattr(self, "sums", 0) + 1
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = _trainer(_gpt2(cross_attention=False), tmp_path, cls=Counting)
+    assert parameters_without_gradient(trainer) == []
+    assert not hasattr(trainer, "sums")
+
+
+def test_stochastic_structure():
+    from transformers import MixtralConfig, Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from llmtune.trainer import stochastic_structure
+
+    tiny = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8,),
+                conv_stride=(5,), conv_kernel=(10,), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)  # fmt: skip
+    assert "layerdrop=0.1" in stochastic_structure(Wav2Vec2ForCTC(Wav2Vec2Config(layerdrop=0.1, **tiny)))
+    assert stochastic_structure(Wav2Vec2ForCTC(Wav2Vec2Config(layerdrop=0.0, **tiny))) is None
+    moe = type("M", (), {"config": MixtralConfig(num_local_experts=4)})()
+    assert "4 experts" in stochastic_structure(moe)
+    assert stochastic_structure(_gpt2(cross_attention=False)) is None
+
+
+def test_ddp_reduction_error_names_the_parameters():
+    from types import SimpleNamespace
+
+    from llmtune.trainer import unused_parameters_message
+
+    model = _gpt2(cross_attention=True)
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    text = (
+        "Expected to have finished reduction in the prior iteration before starting a new one. This error indicates "
+        "that your module has parameters that were not used in producing loss. ...\n"
+        "Parameter indices which did not receive grad for rank 1: 10 11 12\n In addition, you can set ..."
+    )
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    message = unused_parameters_message(trainer, text)
+    assert message is not None and f"(e.g. {names[10]}, {names[11]}, {names[12]})" in message
+    assert "crossattention" in names[10]
+    assert message.endswith("set --set train.ddp_find_unused_parameters=true")
+    assert unused_parameters_message(trainer, "CUDA out of memory") is None

@@ -28,6 +28,9 @@ __all__ = ["app", "fail", "handle_errors", "run"]
 
 def run() -> None:
     """Console-script entry point: ``--debug`` may appear anywhere on the command line."""
+    from llmtune.launch import tie_to_launcher
+
+    tie_to_launcher()  # a worker of llmtune's launcher: gone with it
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
         enable_debug()

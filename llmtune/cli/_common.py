@@ -59,7 +59,7 @@ def handle_errors(fn: Callable) -> Callable:
                 traceback.print_exc()
             from llmtune.launch import is_quiet_rank, report_exit_code
 
-            report_exit_code(exc.exit_code)
+            report_exit_code(exc.exit_code, shown=not is_quiet_rank())
             if is_quiet_rank():  # in a launched run every worker hits the same error: rank 0 says it
                 raise typer.Exit(exc.exit_code) from None
             fail(str(exc), exc.exit_code)
@@ -72,8 +72,9 @@ def handle_errors(fn: Callable) -> Callable:
         except Exception as exc:
             if state["debug"]:
                 raise
-            from llmtune.launch import is_quiet_rank
+            from llmtune.launch import is_quiet_rank, report_exit_code
 
+            report_exit_code(1, shown=not is_quiet_rank())
             if is_quiet_rank():  # usually the echo of rank 0's failure (a closed connection)
                 raise typer.Exit(1) from None
             text = one_line(exc)

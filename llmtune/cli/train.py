@@ -53,7 +53,9 @@ def resolve_and_run(
         if launch.requested:
             from llmtune.runner import precheck_train
 
-            precheck_train(cfg)  # refuse bad output dirs / --resume before starting N workers
+            # Refuse bad output dirs / --resume before starting N workers. Over several machines the
+            # workers check them together (every machine then reports the problem of any of them).
+            precheck_train(cfg, files=(launch.num_machines or 1) == 1)
             raise typer.Exit(relaunch(launch))
     from llmtune.runner import run_train
 
