@@ -22,6 +22,7 @@ SCRIPTS = [
     "bench_cache.py",
     "bench_packing.py",
     "bench_asr.py",
+    "bench_scaleout.py",
 ]
 
 
