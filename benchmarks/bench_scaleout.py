@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._lmbench import update_benchmarks_md
 
 SECTION = "bench_scaleout"
+HOME = tempfile.mkdtemp(prefix="llmtune-scaleout-home-")
 
 
 def free_port() -> int:
@@ -55,6 +56,9 @@ def child_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", "1")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # A local Ray instance writes ~/.ray/auth_token, which turns on token auth for every later
+    # cluster on the machine (the tests' too): keep it in the run's own folder.
+    env["HOME"] = HOME
     return env
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from llmtune.distributed import LostConnection
 from llmtune.errors import LlmtuneError, one_line
 
 INSTALL_HINT = "pip install 'llmtune[ray]'"
@@ -572,6 +573,8 @@ def _train_worker(config: dict) -> None:
         sys.stdout, sys.stderr = _Relay(hub, "stdout"), _Relay(hub, "stderr")  # type: ignore[assignment]
     try:
         _run_worker(config, rank, context.get_world_size())
+    except LostConnection:
+        raise  # another worker died: a failure Ray restarts the group for, not a user error
     except LlmtuneError as exc:
         # Recorded for the driver (one error line) and for a restart (which then does nothing);
         # raised so Ray stops the other workers, which may wait for this one in a collective.
