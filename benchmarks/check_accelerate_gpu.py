@@ -3,6 +3,8 @@
 Runs ``llmtune pretrain --recipe clm-smoke`` for a few steps under each config in
 ``recipes/accelerate/`` (DDP, FSDP2, DeepSpeed ZeRO-2/3) with one process per visible GPU, and
 prints a pass/fail table. DeepSpeed configs are skipped when the deepspeed package is missing.
+Then DDP over NCCL across 2 "machines" on this host (half the GPUs each, llmtune's multi-node flags
+on 127.0.0.1), on machines with 2 GPUs or more.
 Exit code: 0 all ran, 1 some failed, 2 no CUDA GPU here (nothing checked).
 
     python benchmarks/check_accelerate_gpu.py [--steps 5] [--configs ddp fsdp]
@@ -33,6 +35,44 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def two_machines(gpus: int, args: argparse.Namespace, work: Path, env: dict) -> str:
+    """DDP over NCCL across 2 "machines" on this host (half the GPUs each, rendezvous on
+    127.0.0.1): the multi-node path with a GPU backend. Needs 2 GPUs or more."""
+    name = "ddp, 2 machines x half the GPUs (127.0.0.1)"
+    if gpus < 2:
+        return f"| {name} | skipped: needs 2 GPUs, this machine has {gpus} | |"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    half, procs, started = gpus // 2, [], time.perf_counter()
+    out = work / "two-machines"
+    for rank in (0, 1):
+        devices = ",".join(str(rank * half + i) for i in range(half))
+        cmd = [
+            sys.executable, "-m", "llmtune", "pretrain", "--recipe", "clm-smoke", "-o", str(out),
+            "--max-steps", str(args.steps), "--set", "train.eval_strategy=no", "--set", "options.eval_on_start=false",
+            "--num-processes", str(2 * half), "--num-machines", "2", "--machine-rank", str(rank),
+            "--main-process-ip", "127.0.0.1", "--main-process-port", str(port), "--rdzv-timeout", "60",
+        ]  # fmt: skip
+        log = open(work / f"two-machines-{rank}.log", "w")  # noqa: SIM115 - closed below
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                       env=dict(env, CUDA_VISIBLE_DEVICES=devices)), log))  # fmt: skip
+    codes = []
+    for proc, log in procs:
+        try:
+            codes.append(proc.wait(timeout=args.timeout))
+        except subprocess.TimeoutExpired:
+            codes.append("timeout")
+            stop(proc)
+        log.close()
+    secs = time.perf_counter() - started
+    ok = codes == [0, 0] and (out / "metrics.json").is_file()
+    print(f"== two machines: {'ok' if ok else 'FAILED'} in {secs:.0f} s", flush=True)
+    return f"| {name} | {'ok' if ok else f'FAILED (exit {codes})'} | {secs:.0f} |"
 
 
 def main() -> int:
@@ -80,6 +120,8 @@ def main() -> int:
         print(f"== {name}: {'ok' if ok else 'FAILED'} in {secs:.0f} s", flush=True)
         if not ok:  # the log stays on the machine: print its end here
             print("\n".join(lines[-25:]), flush=True)
+    rows.append(two_machines(gpus, args, work, env))
+    failed += "FAILED" in rows[-1]
     print(f"accelerate configs on {gpus} x {torch.cuda.get_device_name(0)}, {args.steps} steps of clm-smoke:\n")
     print("| config | result | seconds |\n|---|---|---|\n" + "\n".join(rows))
     print(f"\nlogs in {work}")
