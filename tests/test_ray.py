@@ -41,6 +41,7 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED":
 # (no evaluation during training); the 13 validation rows are scored once at the end.
 SCHEDULE = ("--batch-size", "4", "--epochs", "2", "--set", NO_DROPOUT, "--set", "train.eval_batch_size=4")
 SCHEDULE += ("--set", "train.eval_strategy=no", "--set", "train.eval_steps=4")
+KEEP = ("--set", "train.keep_checkpoints=true")  # a finished run drops its checkpoints unless asked to keep them
 
 
 def free_port() -> int:
@@ -348,7 +349,7 @@ def ray_args(address: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def accelerate_run(tmp_path_factory, tiny_bert_dir, data):
     out = tmp_path_factory.mktemp("accelerate") / "out"
-    result = llmtune(finetune_args(tiny_bert_dir, data, out, *SCHEDULE, "--num-processes", "2"))
+    result = llmtune(finetune_args(tiny_bert_dir, data, out, *SCHEDULE, *KEEP, "--num-processes", "2"))
     assert result.returncode == 0, result.stderr
     return out
 
@@ -356,7 +357,7 @@ def accelerate_run(tmp_path_factory, tiny_bert_dir, data):
 @pytest.fixture(scope="module")
 def ray_run(tmp_path_factory, tiny_bert_dir, data, ray_cluster):
     out = tmp_path_factory.mktemp("ray") / "out"
-    result = llmtune(finetune_args(tiny_bert_dir, data, out, *SCHEDULE, *ray_args(ray_cluster)), **LOOPBACK)
+    result = llmtune(finetune_args(tiny_bert_dir, data, out, *SCHEDULE, *KEEP, *ray_args(ray_cluster)), **LOOPBACK)
     assert result.returncode == 0, result.stdout + result.stderr
     return out, result
 
