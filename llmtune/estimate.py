@@ -23,12 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llmtune.config import PeftArgs
 from llmtune.costmodel import (
     CHINCHILLA_TOKENS_PER_PARAM,
     GIB,
     GPU,
     PRECISIONS,
     SHARDINGS,
+    Params,
     Setup,
     activation_bytes,
     arch_from_config,
@@ -145,6 +147,8 @@ class Target:
     task: str | None = None
     causal_lm: bool = False  # a causal LM loss (train.loss_chunk_size applies)
     loss_chunk_size: int | None = None
+    accumulation: int = 1  # micro-batches per optimizer step
+    lora_dropout: float = 0.0  # peft.dropout of the adapters (a recipe's, --set's, or the default)
 
 
 def _precision(value: str) -> str:
@@ -226,7 +230,16 @@ def resolve(req: Request) -> Target:
         req.tokens,
     )
     vocab = req.vocab_size
-    chunk = None
+    chunk, accumulation, lora_dropout = None, 1, None
+    if req.model and req.task and req.sets and not req.recipe:
+        # --set with --model and --task: the run's own settings the memory depends on (what
+        # --measure runs: the task's default recipe with these overrides)
+        from llmtune.resolve import load_config
+
+        flag = "--objective" if req.task in ("clm", "mlm") else "--task"
+        run = load_config(task=req.task, sets=req.sets, flags={"model.name_or_path": req.model}, task_flag=flag)
+        chunk, accumulation = run.train.loss_chunk_size, run.train.gradient_accumulation_steps
+        lora_dropout = run.peft.dropout
     if req.recipe:
         from llmtune.resolve import load_config
 
@@ -239,6 +252,7 @@ def resolve(req: Request) -> Target:
         precision = precision or cfg.train.precision
         ckpt = cfg.train.gradient_checkpointing if ckpt is None else ckpt
         chunk = cfg.train.loss_chunk_size
+        accumulation, lora_dropout = cfg.train.gradient_accumulation_steps, cfg.peft.dropout
         if tokens is None and cfg.train.max_steps > 0:
             tokens = (
                 cfg.train.max_steps * cfg.train.batch_size * cfg.train.gradient_accumulation_steps * seq_len * req.gpus
@@ -289,6 +303,8 @@ def resolve(req: Request) -> Target:
         task=task_name,
         causal_lm=_causal_lm(task_name, auto_class),
         loss_chunk_size=chunk,
+        accumulation=accumulation,
+        lora_dropout=PeftArgs().dropout if lora_dropout is None else lora_dropout,
     )
 
 
@@ -365,7 +381,8 @@ def estimate_sections(req: Request) -> Iterator[str]:
     lora_params = count_parameters(model, req.lora_r or 16, req.lora_targets, target.train_head)
     active = lora_params if req.lora_r else params
     setup = Setup(target.batch_size, target.seq_len, target.precision, req.gpus, req.sharding, target.checkpointing,
-                  loss_chunk_size=target.loss_chunk_size)  # fmt: skip
+                  loss_chunk_size=target.loss_chunk_size, accumulation=target.accumulation,
+                  lora_dropout=target.lora_dropout if req.lora_r else 0.0, lora_inputs=active.lora_inputs)  # fmt: skip
     mem = memory(arch, active, setup, target.lm_head)
     other_acts = activation_bytes(arch, replace(setup, gradient_checkpointing=not setup.gradient_checkpointing),
                                   target.lm_head)  # fmt: skip
@@ -409,6 +426,11 @@ def estimate_sections(req: Request) -> Iterator[str]:
         f"  activations                 {_gib(mem.activations):>12}   "
         f"({'without' if target.checkpointing else 'with'} gradient checkpointing: {_gib(other_acts)})",
     ]
+    if mem.overlap:
+        lines.append(
+            f"  not at the same time        {_gib(-mem.overlap):>12}   (the backward pass creates gradients as it frees "
+            "activations)"
+        )
     if mem.buffers:
         lines.append(f"  buffers                     {_gib(mem.buffers):>12}   ({'; '.join(mem.notes)})")
     verdict = "fits" if mem.total <= budget else "does NOT fit"
@@ -505,9 +527,13 @@ class Measured:
     precision: str  # the run's train.precision: fp32 | bf16 | fp16
     step_peak: float  # the training steps' peak: GPU allocated, or resident memory on CPU
     begin: float | None  # the same when training began (model loaded)
+    states: float | None  # the same right after an optimizer step: gradients and optimizer states live
     process_peak: float  # the child's peak resident memory, from outside
     steps: int
+    train_seconds: float | None  # the Trainer's train_runtime: the steps, without loading and saving
     loss_chunk_size: int | None  # the run's train.loss_chunk_size
+    accumulation: int  # the run's train.gradient_accumulation_steps
+    lora_dropout: float  # the run's peft.dropout where it trains LoRA adapters, else 0
     full_rows: bool  # every row is the sequence length (pretraining blocks), as the estimate assumes
 
 
@@ -627,6 +653,7 @@ def measure(req: Request, target: Target) -> Measured:
     if peak is None:
         raise LlmtuneError("estimate --measure: the run reported no peak memory of its training steps")
     begin = train.get("train_begin_gpu_allocated_mb" if gpu else "train_begin_rss_mb")
+    states = train.get("train_states_gpu_allocated_mb" if gpu else "train_states_rss_mb")
     max_rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # macOS: bytes, Linux: KiB
     return Measured(
         command=shown,
@@ -635,9 +662,13 @@ def measure(req: Request, target: Target) -> Measured:
         precision=precision,
         step_peak=peak * MIB,
         begin=begin * MIB if begin is not None else None,
+        states=states * MIB if states is not None else None,
         process_peak=float(max_rss),
         steps=sum(1 for r in log_rows if "loss" in r),
+        train_seconds=train.get("train_runtime"),
         loss_chunk_size=cfg.train.loss_chunk_size,
+        accumulation=cfg.train.gradient_accumulation_steps,
+        lora_dropout=cfg.peft.dropout if cfg.peft.method in ("lora", "dora") else 0.0,
         full_rows=cfg.task in ("clm", "mlm") and getattr(cfg.options, "packing", "blocks") == "blocks",
     )
 
@@ -650,6 +681,14 @@ def _diff(estimate: float, measured: float) -> str:
     return f"{100 * (measured - estimate) / estimate:+.0f} %" if estimate > 0 else "-"
 
 
+def measured_setup(target: Target, m: Measured, params: Params) -> Setup:
+    """The cost model's setup for what the measuring run did: this machine's device and precision."""
+    precision = "fp32" if m.precision == "fp32" else "mixed"
+    return Setup(target.batch_size, target.seq_len, precision, 1, "ddp", target.checkpointing, device=m.device,
+                 loss_chunk_size=m.loss_chunk_size, accumulation=m.accumulation, lora_dropout=m.lora_dropout,
+                 lora_inputs=params.lora_inputs)  # fmt: skip
+
+
 def run_measure(req: Request, target: Target, arch: Any, params: Any) -> list[str]:
     """The --measure section: this machine's estimate next to what the run measured."""
     import shlex
@@ -657,9 +696,7 @@ def run_measure(req: Request, target: Target, arch: Any, params: Any) -> list[st
     from llmtune.hardware import machine
 
     m = measure(req, target)
-    setup = Setup(target.batch_size, target.seq_len, "fp32" if m.precision == "fp32" else "mixed", 1, "ddp",
-                  target.checkpointing, device=m.device, loss_chunk_size=m.loss_chunk_size)  # fmt: skip
-    mem = memory(arch, params, setup, target.lm_head)
+    mem = memory(arch, params, measured_setup(target, m, params), target.lm_head)
     added = mem.total - mem.weights
     gpu = m.device == "cuda"
     what = "allocated GPU memory" if gpu else "resident memory"
@@ -676,6 +713,12 @@ def run_measure(req: Request, target: Target, arch: Any, params: Any) -> list[st
         lines.append(
             f"  {'added by training (gradients, AdamW, activations)':<50}{_mib(added):>10}{_mib(grown):>11}"
             f"{_diff(added, grown):>12}"
+        )
+    if m.begin is not None and m.states is not None:
+        static = mem.gradients + mem.optimizer
+        lines.append(
+            f"  {'  of which gradients + AdamW states (after a step)':<50}{_mib(static):>10}"
+            f"{_mib(m.states - m.begin):>11}{_diff(static, m.states - m.begin):>12}"
         )
     lines.append(f"  {'whole run, peak resident memory (from outside)':<50}{'-':>10}{_mib(m.process_peak):>11}")
     if gpu:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,57 @@ def test_chunked_loss_bounds_the_loss_head_peak():
     knobs = fitting_knobs(arch, p, plain, budget, True, None, causal_lm=True)
     assert knobs[0].startswith("chunked cross-entropy (--set train.loss_chunk_size=4096)")
     assert not any("chunked" in k for k in fitting_knobs(arch, p, plain, budget, True, None, causal_lm=False))
+
+
+def test_gradients_and_activations_do_not_all_coexist():
+    """zero_grad frees the gradients: the backward pass creates them as it frees activations."""
+    arch = Arch("llama", 4, 256, 4, 2, 64, 688, 32000, gated_mlp=True, rms_norm=True)
+    # 1M trainable, 200k of them outside the blocks (embeddings, final norm)
+    p = Params(total=1_000_000, trainable=1_000_000, embedding=200_000, largest_block=200_000,
+               trainable_outside=200_000)  # fmt: skip
+    one = memory(arch, p, Setup(precision="fp32", batch_size=4, seq_len=512))
+    summed = one.weights + one.gradients + one.optimizer + one.activations
+    assert one.overlap > 0 and one.total == pytest.approx(summed - one.overlap)
+    # the start of the backward pass: every activation with the gradients outside the blocks
+    start = one.weights + one.optimizer + one.activations + 0.2 * one.gradients
+    assert one.total == pytest.approx(max(start, one.weights + one.optimizer + one.gradients), rel=0.05)
+    assert one.total >= start
+    # with accumulation, earlier micro-batches' gradients are there all along: no overlap
+    accumulated = memory(arch, p, Setup(precision="fp32", batch_size=4, seq_len=512, accumulation=2))
+    assert accumulated.overlap == 0 and accumulated.total == pytest.approx(summed)
+    # a tiny batch: the activations are small, the peak is every gradient at the end of the pass
+    small = memory(arch, p, Setup(precision="fp32", batch_size=1, seq_len=8))
+    assert small.total >= small.weights + small.optimizer + small.gradients
+    assert small.total < small.weights + small.optimizer + small.gradients + small.activations
+
+
+def test_lora_dropout_keeps_a_copy_of_every_adapted_input():
+    from llmtune.costmodel import activation_bytes
+
+    arch = Arch("llama", 4, 256, 4, 2, 64, 688, 32000, gated_mlp=True, rms_norm=True)
+    inputs = 4 * (6 * 256 + 688)  # q, k, v, o, gate, up take the hidden size, down the intermediate
+    plain = Setup(precision="fp32", batch_size=2, seq_len=128, lora_inputs=inputs)
+    dropped = Setup(precision="fp32", batch_size=2, seq_len=128, lora_inputs=inputs, lora_dropout=0.05)
+    extra = activation_bytes(arch, dropped) - activation_bytes(arch, plain)
+    assert extra == pytest.approx(2 * 128 * inputs * (4 + 1))  # the fp32 copy and a one-byte mask
+    # with checkpointing only the recomputed block keeps them (no loss head: the block is the peak)
+    ckpt_extra = activation_bytes(arch, replace(dropped, gradient_checkpointing=True), lm_head=False) - (
+        activation_bytes(arch, replace(plain, gradient_checkpointing=True), lm_head=False)
+    )
+    assert ckpt_extra == pytest.approx(extra / 4)
+
+
+def test_counts_outside_the_blocks_and_adapted_inputs():
+    pytest.importorskip("torch")
+    from transformers import LlamaConfig
+
+    from llmtune.costmodel import count_parameters
+    from llmtune.estimate import meta_model
+
+    config = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=500, tie_word_embeddings=True)  # fmt: skip
+    model = meta_model(config, "AutoModelForCausalLM")
+    full = count_parameters(model)
+    assert full.trainable_outside == 500 * 64 + 64  # the tied embedding and the final norm
+    lora = count_parameters(model, 8, ["q_proj", "down_proj"])
+    assert lora.lora_inputs == 3 * (64 + 176) and lora.trainable_outside == 0

@@ -139,7 +139,7 @@ def test_bad_input_one_line(cli, args, needle):
 
 
 MEASURED_ROW = re.compile(
-    r"^  (training step peak|added by training|whole run, peak resident memory)\D*?\s(-|[\d,]+\.\d)\s+([\d,]+\.\d)"
+    r"^  (training step peak|added by training|  of which gradients \+ AdamW states|whole run, peak resident memory)\D*?\s(-|[\d,]+\.\d)\s+([\d,]+\.\d)"
 )
 
 
@@ -169,7 +169,8 @@ def test_measure_prints_the_estimate_next_to_the_measured_peak(recipe, cli, tmp_
         result.output
     )
     rows = measured_rows(result.output)
-    assert set(rows) == {"training step peak", "added by training", "whole run, peak resident memory"}
+    states = "  of which gradients + AdamW states"
+    assert set(rows) == {"training step peak", "added by training", states, "whole run, peak resident memory"}
     # the estimate row is the cost model for this machine's device and precision
     target = resolve(Request(recipe=recipe))
     gpu = cuda_available()
@@ -180,6 +181,9 @@ def test_measure_prints_the_estimate_next_to_the_measured_peak(recipe, cli, tmp_
     assert estimate == pytest.approx(expected.total / 2**20, abs=0.05)
     assert rows["added by training"][0] == pytest.approx((expected.total - expected.weights) / 2**20, abs=0.05)
     assert measured > 0 and rows["added by training"][1] > 0 and rows["whole run, peak resident memory"][1] > 0
+    # the static part: what an optimizer step leaves (gradients and AdamW states), below what the step added
+    assert rows[states][0] == pytest.approx((expected.gradients + expected.optimizer) / 2**20, abs=0.05)
+    assert 0 < rows[states][1] <= rows["added by training"][1]
     if not gpu:  # resident memory: the runtime comes on top of the tensors, and the step peak is within the run's
         assert measured > estimate and rows["whole run, peak resident memory"][1] >= 0.9 * measured
         assert "Python/torch runtime" in result.output
