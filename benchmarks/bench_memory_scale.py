@@ -94,7 +94,8 @@ VARIANTS = {
 # (size, variant, sequence length): the four memory variants at 1024 tokens for every size; the
 # chunked loss against the plain one at 2048 tokens on both vocabularies (49k and 152k)
 PLAN = [(s, v, 1024) for s in SIZES for v in ("full", "ckpt", "lora", "lora+ckpt")]
-PLAN += [(s, v, 2048) for s in ("135M", "500M") for v in ("lora+ckpt", "lora+ckpt+chunk", "full", "full+chunk")]
+PLAN += [(s, v, 2048) for s in ("135M", "500M") for v in ("lora+ckpt", "lora+ckpt+chunk")]
+PLAN += [("135M", v, 2048) for v in ("full", "full+chunk")]  # 0.5B full at 2048 tokens: ~18 GiB, too near 24
 
 
 def model_folder(work: Path, size: str) -> Path:
@@ -253,14 +254,14 @@ def write(rows: dict, results: Path, write_md: bool) -> str:
             "",
             "`python benchmarks/bench_memory_scale.py` - every case is `llmtune estimate --model DIR --task clm "
             "--batch-size 1 --seq-len S --precision fp32 [--gradient-checkpointing] [--lora-r 16 --lora-targets "
-            "<all 7 linear layers>] --measure --measure-steps 3 [--set train.loss_chunk_size=1024]`'s own code path: "
-            "a real `llmtune pretrain --objective clm` child for 3 AdamW steps on full rows of WikiText-2 text. "
+            "<all 7 linear layers>] --measure --measure-steps 2 [--set train.loss_chunk_size=1024]`'s own code path: "
+            "a real `llmtune pretrain --objective clm` child for 2 AdamW steps on full rows of WikiText-2 text. "
             "Models built from config with random weights, shaped as SmolLM2-135M/360M (Llama, vocabulary 49,152) "
             "and Qwen2.5-0.5B (qwen2, vocabulary 151,936); all embeddings tied as in those models. LoRA: llmtune's "
             "defaults (alpha 32, dropout as in the table's notes). Peak RSS of the whole process from outside "
             "(`wait4`); the step peak sampled inside; runtime = resident memory when training began minus the "
             "weights (Python, torch, tokenizer, data: the estimate leaves it out); error = (estimate - measured) / "
-            "measured; s / step = Trainer train_runtime / 3 (first step included, so AdamW's state allocation too).",
+            "measured; s / step = Trainer train_runtime / 2 (first step included, so AdamW's state allocation too).",
             f"{platform.machine()}, {os.cpu_count()} CPU cores, torch CPU build; cases run one at a time "
             f"({dates[0]} to {dates[-1]}); 1-minute load average at the end of the cases: {loads[0]:.1f} to "
             f"{loads[-1]:.1f} (2 is one training process on both cores; memory does not depend on load, the times do).",
@@ -282,7 +283,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/llmtune-memscale"), help="models and results.jsonl")
     parser.add_argument("--text", type=Path, default=ROOT.parent / "shared/data/wikitext2/wiki.valid.tokens")
     parser.add_argument("--only", action="append", default=[], help="SIZE[:VARIANT[:SEQ]] (repeatable)")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps (the second has AdamW's states)")
     parser.add_argument("--table-only", action="store_true", help="rewrite the section from results.jsonl")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = parser.parse_args()
@@ -292,12 +293,14 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.work / "results.jsonl"
     rows = load_results(results)
-    plan = [case for case in PLAN if not args.only or any(":".join(map(str, case)).startswith(o) for o in args.only)]
-    for o in args.only:  # a case outside the plan, named in full
+    plan = [] if args.only else list(PLAN)
+    for o in args.only:  # in the order given; a case outside the plan named in full runs too
         size, _, rest = o.partition(":")
         name, _, seq = rest.rpartition(":")
-        if size in SIZES and name in VARIANTS and seq.isdigit() and (size, name, int(seq)) not in plan:
-            plan.append((size, name, int(seq)))
+        named = [(size, name, int(seq))] if size in SIZES and name in VARIANTS and seq.isdigit() else []
+        for case in [*PLAN, *named]:
+            if ":".join(map(str, case)).startswith(o) and case not in plan:
+                plan.append(case)
     if not args.table_only:
         for size, name, seq in plan:
             print(f"== {size} {name} seq {seq}", flush=True)
