@@ -233,8 +233,26 @@ def _bad_cases():
         root = _folder(d / "data", ["up", "down", "left right up down stop go left right", "go"])
         return ["--model", m["whisper"], "--set", "options.language=en"], root, "longer than the 1 s the model takes"
 
+    lexicon = ["--set", "options.decoder=lexicon"]
+
+    def lm_not_a_language_model(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        (d / "lm.arpa").write_text("up down\ngo stop\n")
+        return ["--model", m["ctc"], *lexicon, "--set", f"options.lm={d / 'lm.arpa'}"], root, "is not an ARPA file"
+
+    def lexicon_outside_vocabulary(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        (d / "words.txt").write_text("up\ndown!\n")
+        args = ["--model", m["ctc"], *lexicon, "--set", f"options.lexicon={d / 'words.txt'}"]
+        return args, root, "word 'down!' in"
+
+    def lexicon_for_whisper(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        return ["--model", m["whisper"], *lexicon], root, "options.decoder=lexicon is for CTC models"
+
     return {f.__name__: f for f in (missing_file, not_audio, empty_transcription, no_transcription_column,
-                                     outside_vocabulary, too_long)}  # fmt: skip
+                                     outside_vocabulary, too_long, lm_not_a_language_model,
+                                     lexicon_outside_vocabulary, lexicon_for_whisper)}  # fmt: skip
 
 
 BAD = _bad_cases()
