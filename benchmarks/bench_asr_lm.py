@@ -39,7 +39,13 @@ from _lmbench import update_benchmarks_md  # noqa: E402
 ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 BETAS = (-1.0, 0.0, 1.0, 2.0)
 BEAM = 50
-TASKS = {"isolated": "isolated digits", "connected": "connected digits (2-5 per utterance)"}
+# key: (label, the run whose model decodes, the data it is scored on). The lexicon and LM come from
+# the training split of the model's own run, as options.lexicon/lm: auto would build them.
+TASKS = {
+    "isolated": ("isolated digits", "isolated", "isolated"),
+    "connected": ("connected digits (2-5 per utterance)", "connected", "connected"),
+    "connected-by-isolated": ("connected digits, with the isolated-digit model", "isolated", "connected"),
+}
 
 
 def transcriptions(split: Path) -> list[dict]:
@@ -116,10 +122,11 @@ def cli_eval(run: Path, data: Path, out: Path, sets: list[str]) -> tuple[dict, s
 def bench(work: Path, key: str) -> dict:
     from llmtune.tasks.asr.ngram import write_arpa
 
-    run, data = work / f"{key}-run", work / key
-    lm_dir = work / f"{key}-lm"
+    _, model_key, data_key = TASKS[key]
+    run, data = work / f"{model_key}-run", work / data_key
+    lm_dir = work / f"{model_key}-lm"
     lm_dir.mkdir(exist_ok=True)
-    train = [r["transcription"].lower() for r in transcriptions(data / "train")]
+    train = [r["transcription"].lower() for r in transcriptions(work / model_key / "train")]
     lexicon = lm_dir / "lexicon.txt"
     lexicon.write_text("".join(w + "\n" for w in sorted({w for t in train for w in t.split()})), encoding="utf-8")
     lm = write_arpa(lm_dir / "lm.arpa", [t.split() for t in train], 3)
@@ -169,7 +176,7 @@ def bench(work: Path, key: str) -> dict:
             }
         )  # fmt: skip
     return {
-        "task": TASKS[key], "clips": len(test), "audio_s": audio_s, "forward_s": forward_s,
+        "task": TASKS[key][0], "clips": len(test), "audio_s": audio_s, "forward_s": forward_s,
         "validation_greedy_wer": grid[0][3],
         "grid": grid, "best_lexicon_beta": best_lex[2], "best_lm": [best_lm[1], best_lm[2]],
         "rows": rows, "date": time.strftime("%Y-%m-%d"), "load": os.getloadavg()[0],
@@ -185,8 +192,8 @@ def main() -> int:
     done = json.loads(saved.read_text()) if saved.is_file() else {}
     for key in TASKS:
         if ns.only in (None, key):
-            if not (ns.work / f"{key}-run" / "config.json").is_file():
-                print(f"{ns.work}/{key}-run not found: run bench_asr.py --keep {ns.work} first", file=sys.stderr)
+            if not (ns.work / f"{TASKS[key][1]}-run" / "config.json").is_file():
+                print(f"{ns.work}/{TASKS[key][1]}-run not found: run bench_asr.py --keep {ns.work}", file=sys.stderr)
                 return 1
             done[key] = bench(ns.work, key)
             saved.write_text(json.dumps(done, indent=1))

@@ -247,6 +247,16 @@ def test_saved_decoder_round_trips_through_eval_predict_and_pipeline(lm_run, tmp
     result = cli("predict", "--model", out, "--input", paths, "--output", tmp_path / "pred.jsonl")
     assert result.exit_code == 0, result.output
     assert [p["transcript"] for p in _jsonl(tmp_path / "pred.jsonl")] == [r["hypothesis"] for r in rows]
+    # serve: /v1/predict transcribes with the saved decoder too
+    from fastapi.testclient import TestClient
+
+    from llmtune.inference.loader import load_for_inference
+    from llmtune.inference.server import ServeOptions, create_app
+
+    with TestClient(create_app(load_for_inference(str(out)), ServeOptions(model_name="asr"))) as http:
+        got = http.post("/v1/predict", json={"inputs": [{"audio": r["audio"]} for r in rows]})
+        assert got.status_code == 200, got.text
+        assert [p["transcript"] for p in got.json()["predictions"]] == [r["hypothesis"] for r in rows]
     result = cli("eval", "--model", out, "--dataset", data, "--split", "validation", "-o", tmp_path / "ev")
     assert result.exit_code == 0, result.output
     trained = json.loads((out / "metrics.json").read_text())["eval"]
