@@ -187,11 +187,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="bench_asr.py's --keep folder")
     parser.add_argument("--only", choices=sorted(TASKS), default=None)
+    parser.add_argument("--render-only", action="store_true", help="Rewrite the section from lm-results.json.")
     ns = parser.parse_args()
     saved = ns.work / "lm-results.json"
     done = json.loads(saved.read_text()) if saved.is_file() else {}
     for key in TASKS:
-        if ns.only in (None, key):
+        if ns.only in (None, key) and not ns.render_only:
             if not (ns.work / f"{TASKS[key][1]}-run" / "config.json").is_file():
                 print(f"{ns.work}/{TASKS[key][1]}-run not found: run bench_asr.py --keep {ns.work}", file=sys.stderr)
                 return 1
@@ -201,21 +202,21 @@ def main() -> int:
     lines = [
         "## Speech recognition: CTC beam search, lexicon and n-gram LM on FSDD's unseen speaker (issue 24)",
         "",
-        "The acoustic models of the section above, retrained with the same commands for this comparison "
-        "(`bench_asr.py --keep`), each decoded four ways; nothing retrained between decoders. Lexicon: the "
-        "words of the training transcriptions; LM: an order-3 interpolated Kneser-Ney model of the training "
-        f"transcriptions written by llmtune (`options.lm: auto`), loaded by KenLM inside flashlight-text; beam "
-        f"width {BEAM}. `lm_alpha` / `lm_beta` picked on the validation split (the training speakers), "
-        "grid alpha in "
+        "Acoustic models: `bench_asr.py --keep DIR` runs (the `asr-scratch` recipe, the commands of the "
+        "section above), decoded four ways each with nothing retrained between decoders. Lexicon: the words of "
+        "the model's training transcriptions; LM: an order-3 interpolated Kneser-Ney model of the same "
+        "transcriptions written by llmtune (what `options.lexicon: auto` / `options.lm: auto` build), loaded by "
+        f"KenLM inside flashlight-text; beam width {BEAM}. `lm_alpha` / `lm_beta` picked on the validation "
+        "split (the training speakers) from alpha in "
         + ", ".join(f"{a:g}" for a in ALPHAS)
-        + ", beta in "
+        + " and beta in "
         + ", ".join(f"{b:g}" for b in BETAS)
-        + "; the test speaker was scored once per decoder. WER/CER through `llmtune eval --split test`; decode "
-        'time is the decoder alone on precomputed log-probabilities, per second of audio; "model + decoder" is '
-        'the audio duration over the time to run the model (batches of 16) and decode, in one process; "whole '
-        "eval\" the same over `llmtune eval`'s runtime (audio loading and feature extraction included). The "
-        "timing pass batches clips differently from `llmtune eval`, and padding moves its WER by up to 0.6 "
-        "points (`lm-results.json`: `inprocess_wer`); the table's WER/CER are `llmtune eval`'s.",
+        + "; the test speaker was scored once per decoder. WER/CER: "
+        "`llmtune eval --split test`. Decode time: the decoder alone on precomputed log-probabilities, per "
+        'second of audio. "model + decoder": audio duration over the time to extract features, run the model '
+        '(batches of 16) and decode, in one process; "whole eval": audio duration over `llmtune eval`\'s '
+        "runtime. The timing pass batches clips differently from `llmtune eval`, and padding moves its WER by "
+        "up to 0.9 points (`lm-results.json`: `inprocess_wer`); the table's WER/CER are `llmtune eval`'s.",
         "",
         "| task | decoder | test WER | test CER | decode ms per audio s | model + decoder: x real time | whole eval: x real time |",
         "|---|---|---|---|---|---|---|",
