@@ -243,7 +243,15 @@ def main() -> int:
                 f"{r['best_lm'][0]:g}, beta {r['best_lm'][1]:g} ({100 * lm:.1f} %); {r['clips']} test clips, "
                 f"{r['audio_s']:.0f} s of audio; load average {r['load']:.1f} ({r['date']})"
             )
-    lines += ["", "Reproduce:", "", "```bash", "python benchmarks/bench_asr_lm.py --work DIR"]
+    lines += [
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        "# the acoustic models (connected, and its data for connected-by-isolated: --only connected --connected-epochs 8):",
+    ]
+    lines += ["python benchmarks/bench_asr.py --test-speaker yweweler --epochs 20 --only isolated --keep DIR"]
+    lines += ["python benchmarks/bench_asr_lm.py --work DIR  # or --only isolated|connected|connected-by-isolated"]
     for key in TASKS:
         if key in done:
             lines += [f"# {done[key]['task']}:", *[row["command"] for row in done[key]["rows"]]]
