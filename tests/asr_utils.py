@@ -86,6 +86,27 @@ def write_metadata(folder: Path, names: list[str], texts: list[str], kind: str =
     return path
 
 
+def save_tiny_ctc(out: Path) -> Path:
+    """A random 2-layer wav2vec2 CTC model with a fixed character vocabulary (the demo letters),
+    saved with its processor in ``out``."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    from llmtune.tasks.asr.processor import TargetText, build_ctc_tokenizer
+
+    tok = build_ctc_tokenizer(WORDS, TargetText("", lowercase=True))
+    fe = Wav2Vec2FeatureExtractor(sampling_rate=8000, return_attention_mask=True)
+    config = Wav2Vec2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(out)
+    Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(out)
+    return out
+
+
 def make_demo(root: Path) -> None:
     """The shipped offline demo: FLAC training clips, WAV validation clips (one of them stereo
     at 16 kHz, so decoding, mixing down and resampling are exercised)."""

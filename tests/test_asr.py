@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.asr_utils import WORDS, sentences, synth, write_audiofolder, write_clips, write_metadata
+from tests.asr_utils import WORDS, save_tiny_ctc, sentences, synth, write_audiofolder, write_clips, write_metadata
 from tests.run_utils import llmtune, losses, same_weights, torchrun
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -117,23 +117,7 @@ def speech(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_ctc_dir(tmp_path_factory) -> Path:
     """A random 2-layer wav2vec2 CTC model with a fixed character vocabulary (the demo letters)."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
-
-    from llmtune.tasks.asr.processor import TargetText, build_ctc_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-w2v2")
-    tok = build_ctc_tokenizer(WORDS, TargetText("", lowercase=True))
-    fe = Wav2Vec2FeatureExtractor(sampling_rate=8000, return_attention_mask=True)
-    config = Wav2Vec2Config(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(out)
-    Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(out)
-    return out
+    return save_tiny_ctc(tmp_path_factory.mktemp("tiny-w2v2"))
 
 
 @pytest.fixture(scope="module")
@@ -233,8 +217,26 @@ def _bad_cases():
         root = _folder(d / "data", ["up", "down", "left right up down stop go left right", "go"])
         return ["--model", m["whisper"], "--set", "options.language=en"], root, "longer than the 1 s the model takes"
 
+    lexicon = ["--set", "options.decoder=lexicon"]
+
+    def lm_not_a_language_model(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        (d / "lm.arpa").write_text("up down\ngo stop\n")
+        return ["--model", m["ctc"], *lexicon, "--set", f"options.lm={d / 'lm.arpa'}"], root, "is not an ARPA file"
+
+    def lexicon_outside_vocabulary(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        (d / "words.txt").write_text("up\ndown!\n")
+        args = ["--model", m["ctc"], *lexicon, "--set", f"options.lexicon={d / 'words.txt'}"]
+        return args, root, "word 'down!' in"
+
+    def lexicon_for_whisper(d, m):
+        root = _folder(d / "data", ["up", "down", "go", "stop"])
+        return ["--model", m["whisper"], *lexicon], root, "options.decoder=lexicon is for CTC models"
+
     return {f.__name__: f for f in (missing_file, not_audio, empty_transcription, no_transcription_column,
-                                     outside_vocabulary, too_long)}  # fmt: skip
+                                     outside_vocabulary, too_long, lm_not_a_language_model,
+                                     lexicon_outside_vocabulary, lexicon_for_whisper)}  # fmt: skip
 
 
 BAD = _bad_cases()

@@ -11,7 +11,8 @@ Family: read from the model config. Types in transformers' CTC mapping load with
   ``options.lowercase`` / ``options.chars_to_ignore``. The CTC loss is averaged per utterance
   (``ctc_loss_reduction: mean``), so gradient accumulation and multi-process runs equal one large
   batch. Evaluation decodes greedily (argmax, repeats merged, blanks dropped), frames past each
-  clip's end masked out.
+  clip's end masked out, unless ``options.decoder`` asks for beam search or a lexicon (+ n-gram LM)
+  decoder (:mod:`~llmtune.tasks.asr.decoding`), saved with the model.
 - Encoder-decoder: labels are the tokenizer's ids; Whisper gets its ``<|lang|><|transcribe|>
   <|notimestamps|>`` prefix (``options.language``, ``options.whisper_task``), and the generation
   settings (``num_beams``, ``max_new_tokens``, language, task, no timestamps) are stored in the
@@ -44,6 +45,9 @@ Modules, by role (module level stays torch-free in all of them):
   model, or built (vocabulary from the transcriptions, feature extractor for the data's rate).
 - :mod:`~llmtune.tasks.asr.features`: clip encoding (decode, duration filter, features, labels) and
   the padding collator.
+- :mod:`~llmtune.tasks.asr.decoding`: beam / lexicon CTC decoders (flashlight-text, KenLM), the
+  lexicon and LM files, saving and loading them with the model.
+- :mod:`~llmtune.tasks.asr.ngram`: the interpolated Kneser-Ney ARPA writer of ``options.lm: auto``.
 - :mod:`~llmtune.tasks.asr.audio_data`: audiofolder layouts, audio and transcription columns, audio
   paths, streaming-aware dataset helpers.
 """

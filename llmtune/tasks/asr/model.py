@@ -1,5 +1,6 @@
 """The speech model: its family (CTC or encoder-decoder), the model types trained from scratch,
-feature-encoder freezing and greedy CTC ids per frame. Module level stays torch-free.
+feature-encoder freezing, greedy CTC ids per frame and per-clip log-probabilities (for beam
+decoding). Module level stays torch-free.
 """
 
 from __future__ import annotations
@@ -59,3 +60,18 @@ def ctc_frame_ids(model: Any, inputs: dict, logits: Any) -> Any:
         frames = torch.arange(ids.shape[1], device=ids.device)[None, :]
         ids = ids.masked_fill(frames >= lengths[:, None], -100)
     return ids
+
+
+def ctc_log_probs(model: Any, inputs: dict, logits: Any) -> list[Any]:
+    """Per clip, the (frames, vocabulary) log-probabilities as float32 numpy arrays, frames past
+    the clip's end cut off (what a beam or lexicon decoder reads)."""
+    import torch
+
+    logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    lengths = [log_probs.shape[1]] * log_probs.shape[0]
+    mask = inputs.get("attention_mask")
+    base = getattr(model, "module", model)
+    if mask is not None and hasattr(base, "_get_feat_extract_output_lengths"):
+        lengths = base._get_feat_extract_output_lengths(mask.sum(-1)).tolist()
+    return [lp[: int(n)] for lp, n in zip(log_probs, lengths, strict=True)]

@@ -1,5 +1,6 @@
 """``options.*`` of an asr run: columns, sample rate, scoring, CTC targets, duration filters,
-augmentation, model config knobs, Whisper language/task and generation.
+augmentation, model config knobs, Whisper language/task and generation, CTC decoding (beam,
+lexicon, n-gram language model).
 """
 
 from __future__ import annotations
@@ -50,3 +51,22 @@ class AsrOptions:
     # Generation (encoder-decoder evaluation and the saved generation config).
     num_beams: int = 1
     max_new_tokens: int = 128
+    # CTC decoding (see llmtune.tasks.asr.decoding): greedy (argmax per frame), beam (prefix beam
+    # search over characters) or lexicon (words of options.lexicon only, scored by options.lm if
+    # set). beam and lexicon need the asr-lm extra. Saved with the model; eval/predict/serve decode
+    # the same way unless --set options.decoder=... says otherwise.
+    decoder: str = "greedy"
+    beam_width: int = 50
+    # lexicon decoder: auto (the words of the training transcriptions, saved with the model) or a
+    # file of words, one a line (the first field of each line).
+    lexicon: str = "auto"
+    # Word n-gram LM for the lexicon decoder: an ARPA or KenLM binary file, or auto (an order
+    # lm_order interpolated Kneser-Ney model of the training transcriptions plus the lines of
+    # lm_text, built at training time and saved with the model); None = no LM.
+    lm: str | None = None
+    lm_order: int = 3
+    lm_text: str | None = None
+    # Score = log p_ctc + lm_alpha * log p_lm + lm_beta * words (tune both on the validation
+    # split: llmtune eval --split validation --set options.lm_alpha=...).
+    lm_alpha: float = 0.5
+    lm_beta: float = 0.0

@@ -22,8 +22,15 @@ from llmtune.tasks.asr.audio_data import (
     map_dataset,
     source_split,
 )
+from llmtune.tasks.asr.decoding import CtcDecoder, resolve_spec, save_decoder, validate_options
 from llmtune.tasks.asr.features import ClipEncoder, SpeechCollator
-from llmtune.tasks.asr.model import SCRATCH_TYPES, ctc_frame_ids, freeze_feature_encoder, model_family
+from llmtune.tasks.asr.model import (
+    SCRATCH_TYPES,
+    ctc_frame_ids,
+    ctc_log_probs,
+    freeze_feature_encoder,
+    model_family,
+)
 from llmtune.tasks.asr.options import WHISPER_TASKS, AsrOptions
 from llmtune.tasks.asr.processor import (
     DELIMITER,
@@ -102,6 +109,7 @@ class AsrTask(Task):
             p.append(f"options.num_beams must be >= 1, got {o.num_beams}")
         if o.max_new_tokens < 1:
             p.append(f"options.max_new_tokens must be >= 1, got {o.max_new_tokens}")
+        p += validate_options(o)
         for key in ("text_pair_column", "label_column"):
             if getattr(cfg.data, key):
                 p.append(
@@ -145,6 +153,11 @@ class AsrTask(Task):
         tokenizer = (
             load_model_tokenizer(tok_source, required=family == "seq2seq" or not ctx.training) if tok_source else None
         )
+        if family == "seq2seq" and ctx.cfg.options.decoder != "greedy":
+            raise LlmtuneError(
+                f"options.decoder={ctx.cfg.options.decoder} is for CTC models; {config.model_type} is an "
+                f"encoder-decoder model: remove it (options.num_beams sets its beam search)"
+            )
         if family == "seq2seq":
             if scratch:
                 raise LlmtuneError(
@@ -158,6 +171,10 @@ class AsrTask(Task):
             raise LlmtuneError(f"model folder {source} has no feature extractor (preprocessor_config.json)")
         ctx.state["feature_extractor"] = feature_extractor
         ctx.state["text_tokenizer"] = tokenizer
+        if family == "ctc" and not ctx.training:
+            # the decoder (and the lexicon / LM files) the saved model decodes with, or --set overrides
+            ctx.state["decoder_spec"] = resolve_spec(ctx.cfg.options, False, ctx.model_path, None, Path("."))
+            self._ctc_decoder(ctx)
         if feature_extractor is not None and tokenizer is not None:
             return make_processor(feature_extractor, tokenizer)
         return None
@@ -237,6 +254,8 @@ class AsrTask(Task):
                 ctx.state["text_tokenizer"] = tok
             else:
                 ctx.state["text_transform"].fit_case(tok)
+            if ctx.training:
+                self._training_decoder(ctx, raw, text_col)
         ctx.tokenizer = make_processor(fe, tok)
         ctx.state["sampling_rate"] = rate
         ctx.state["vocab_built"] = built_vocab
@@ -283,6 +302,47 @@ class AsrTask(Task):
             for split, counts in dropped.items():
                 echo(f"llmtune: split '{split}': dropped {_dropped_text(counts)}")
         return out
+
+    # ---- CTC decoding (greedy, beam, lexicon + LM) ------------------------------------------------
+    def _training_decoder(self, ctx: RunContext, raw: Any, text_col: str) -> None:
+        """The run's decoder; ``auto`` lexicon / LM built from the training transcriptions only."""
+        import tempfile
+
+        transform = ctx.state["text_transform"]
+        train = {"train": raw["train"]} if "train" in raw else {}
+
+        def texts() -> list[str]:
+            return [transform(t) for t in all_texts(train, text_col)]
+
+        workdir = Path(tempfile.mkdtemp(prefix="llmtune-asr-lm-"))
+        ctx.state["decoder_spec"] = resolve_spec(ctx.cfg.options, True, None, texts, workdir, transform)
+        self._ctc_decoder(ctx)
+
+    def _ctc_decoder(self, ctx: RunContext) -> CtcDecoder | None:
+        """The beam / lexicon decoder (None: greedy), built once per run."""
+        if "ctc_decoder" not in ctx.state:
+            spec = ctx.state.get("decoder_spec")
+            tok = ctx.state["text_tokenizer"]
+            delimiter = getattr(tok, "word_delimiter_token", None) or DELIMITER
+            ctx.state["ctc_decoder"] = spec.build(tok, delimiter) if spec is not None else None
+        return ctx.state["ctc_decoder"]
+
+    def _decode_clips(self, ctx: RunContext, model: Any, inputs: dict, logits: Any) -> list[str]:
+        decoder = self._ctc_decoder(ctx)
+        return [decoder.decode(lp) for lp in ctc_log_probs(model, inputs, logits)]
+
+    def _text_ids(self, ctx: RunContext, texts: list[str]) -> Any:
+        """Decoded transcripts as padded character ids (-100), what ``decode`` reads back."""
+        import numpy as np
+
+        tok = ctx.state["text_tokenizer"]
+        vocab = tok.get_vocab()
+        space = vocab.get(getattr(tok, "word_delimiter_token", None) or DELIMITER)
+        rows = [[space if ch == " " else vocab.get(ch, tok.unk_token_id) for ch in t] for t in texts]
+        ids = np.full((len(rows), max([len(r) for r in rows] + [1])), -100, dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        return ids
 
     # ---- model --------------------------------------------------------------------------------
     def _knobs(self, ctx: RunContext, config: Any) -> dict:
@@ -363,6 +423,12 @@ class AsrTask(Task):
     def finalize_model(self, ctx: RunContext, model: Any) -> None:
         model.config.llmtune_sampling_rate = ctx.state.get("sampling_rate")
 
+    def save_extras(self, ctx: RunContext, output_dir: Any) -> None:
+        spec = ctx.state.get("decoder_spec")
+        if spec is not None and (spec.kind != "greedy" or spec.lexicon or spec.lm):
+            o = ctx.cfg.options
+            save_decoder(output_dir, spec, {"lexicon": o.lexicon, "lm": o.lm})
+
     def collator(self, ctx: RunContext) -> Any:
         fe = ctx.state["feature_extractor"]
         start = None
@@ -381,13 +447,19 @@ class AsrTask(Task):
 
     def eval_step(self, ctx: RunContext) -> Any:
         """CTC: keep greedy ids per frame (not the logits), frames past each clip's end set to -100
-        (padding, never decoded). Encoder-decoder models use the Trainer's generation step."""
+        (padding, never decoded); with a beam / lexicon decoder, the characters of each decoded
+        transcript instead. Encoder-decoder models use the Trainer's generation step."""
         if ctx.state["family"] != "ctc":
             return None
+        import torch
 
         def step(model: Any, inputs: dict) -> tuple:
             out = model(**inputs)
-            return out.loss, ctc_frame_ids(model, inputs, out.logits), inputs.get("labels")
+            if self._ctc_decoder(ctx) is None:
+                return out.loss, ctc_frame_ids(model, inputs, out.logits), inputs.get("labels")
+            texts = self._decode_clips(ctx, model, inputs, out.logits)
+            ids = torch.from_numpy(self._text_ids(ctx, texts)).to(out.logits.device)
+            return out.loss, ids, inputs.get("labels")
 
         return step
 
@@ -400,8 +472,10 @@ class AsrTask(Task):
         fill = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ids = np.where(np.asarray(ids) < 0, fill, ids)
         if ctx.state["family"] == "ctc":
-            # Labels are plain character ids (a doubled letter is two ids), not CTC frames.
-            texts = tok.batch_decode(ids, group_tokens=not references)
+            # Labels (and beam / lexicon transcripts) are plain character ids (a doubled letter is
+            # two ids), not CTC frames.
+            frames = not references and ctx.state.get("ctc_decoder") is None
+            texts = tok.batch_decode(ids, group_tokens=frames)
         else:
             texts = tok.batch_decode(ids, skip_special_tokens=True)
         return [t.strip() for t in texts]
@@ -458,6 +532,9 @@ class AsrTask(Task):
             lines.append(f"- **Vocabulary:** {len(vocab)} CTC tokens ({PAD} = blank, {DELIMITER} = space): {shown}")
         elif tok is not None:
             lines.append(f"- **Vocabulary:** {type(tok).__name__}, {len(tok)} tokens")
+        spec = ctx.state.get("decoder_spec")
+        if spec is not None:
+            lines.append(f"- **Decoding:** {_decoder_text(spec)}")
         lines.append(f"- **Scoring:** WER/CER after `{ctx.cfg.options.normalize}` normalisation")
         if ctx.state.get("dropped"):
             lines.append(
@@ -507,6 +584,9 @@ class AsrTask(Task):
             with torch.no_grad():
                 if ctx.state["family"] == "ctc":
                     logits = model(**inputs).logits
+                    if self._ctc_decoder(ctx) is not None:
+                        texts.extend(self._decode_clips(ctx, model, inputs, logits))
+                        continue
                     ids = ctc_frame_ids(model, inputs, logits)
                 else:
                     ids = model.generate(**inputs)
@@ -516,3 +596,14 @@ class AsrTask(Task):
 
 def _dropped_text(counts: dict) -> str:
     return ", ".join(f"{n} clip(s) {reason}" for reason, n in sorted(counts.items()))
+
+
+def _decoder_text(spec: Any) -> str:
+    if spec.kind == "greedy":
+        return "greedy CTC (argmax per frame)"
+    text = f"CTC {spec.kind} search, beam width {spec.beam_width}"
+    if spec.kind == "lexicon":
+        text += f", lexicon `{spec.lexicon.name}`"
+        if spec.lm is not None:
+            text += f", n-gram LM `{spec.lm.name}` (alpha {spec.alpha:g}, beta {spec.beta:g})"
+    return text + " (saved with the model: `ctc_decoder.json`, `language_model/`)"
