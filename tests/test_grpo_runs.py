@@ -100,7 +100,9 @@ def test_reward_resume_and_two_processes(tiny_llama_dir, data, tmp_path):
     assert same_weights(out, ref, exact=True)
     # 2 processes x batch 4 == 1 process x batch 8
     two = tmp_path / "two"
-    result = llmtune(reward_args(tiny_llama_dir, data / "pairs.jsonl", two, "--batch-size", "4", "--num-processes", "2", *sched[2:]))
+    result = llmtune(
+        reward_args(tiny_llama_dir, data / "pairs.jsonl", two, "--batch-size", "4", "--num-processes", "2", *sched[2:])
+    )
     assert result.returncode == 0, result.stderr
     a, b = losses(ref), losses(two)
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)

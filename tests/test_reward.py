@@ -39,7 +39,11 @@ def test_pairs_tokenize_as_conversations(tiny_llama_dir, pairs):
     from llmtune.tasks.base import RunContext
 
     cfg = build_config(
-        {"task": "reward", "model": {"name_or_path": str(tiny_llama_dir)}, "data": {"dataset": str(pairs), "max_length": 24}}
+        {
+            "task": "reward",
+            "model": {"name_or_path": str(tiny_llama_dir)},
+            "data": {"dataset": str(pairs), "max_length": 24},
+        }
     )
     task = get_task("reward")
     ctx = RunContext(cfg=cfg, model_path=str(tiny_llama_dir))
@@ -67,7 +71,17 @@ def test_reward_model_learns_a_toy_preference_eval_and_predict(tiny_llama_dir, p
     assert [p["row"] for p in preds] == list(range(13))
     assert all(p["correct"] == (p["chosen_score"] > p["rejected_score"]) for p in preds)
     # llmtune eval gives the same numbers
-    again = cli("eval", "--model", out, "--dataset", pairs / "validation.jsonl", "-o", tmp_path / "ev", "--set", "data.max_length=64")
+    again = cli(
+        "eval",
+        "--model",
+        out,
+        "--dataset",
+        pairs / "validation.jsonl",
+        "-o",
+        tmp_path / "ev",
+        "--set",
+        "data.max_length=64",
+    )
     assert again.exit_code == 0, again.output
     scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["eval"]
     assert scored["eval_accuracy"] == metrics["eval_accuracy"]
@@ -81,8 +95,19 @@ def test_reward_model_learns_a_toy_preference_eval_and_predict(tiny_llama_dir, p
     scores = [json.loads(line)["score"] for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 12 and sum(scores[i] > scores[i + 1] for i in range(0, 12, 2)) >= 5
     # messages rows score the same conversation the same way
-    chats = [{"messages": [{"role": "user", "content": i["prompt"]}, {"role": "assistant", "content": i["response"]}]} for i in inputs[:2]]
-    result = cli("predict", "--model", out, "--input", write_jsonl(tmp_path / "chat.jsonl", chats), "--output", tmp_path / "s2.jsonl")
+    chats = [
+        {"messages": [{"role": "user", "content": i["prompt"]}, {"role": "assistant", "content": i["response"]}]}
+        for i in inputs[:2]
+    ]
+    result = cli(
+        "predict",
+        "--model",
+        out,
+        "--input",
+        write_jsonl(tmp_path / "chat.jsonl", chats),
+        "--output",
+        tmp_path / "s2.jsonl",
+    )
     assert result.exit_code == 0, result.output
     again = [json.loads(line)["score"] for line in (tmp_path / "s2.jsonl").read_text().splitlines()]
     assert again == pytest.approx(scores[:2], abs=1e-5)
@@ -110,7 +135,21 @@ def test_bad_pair_is_one_error_line(tiny_llama_dir, tmp_path, cli):
     rows = make_preference_rows(8, seed=5)
     rows[2]["chosen"] = ""
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
-    result = cli("finetune", "--task", "reward", "--model", tiny_llama_dir, "--dataset", data, "-o", tmp_path / "o", "--max-steps", "1", "--set", "data.validation_split=0")
+    result = cli(
+        "finetune",
+        "--task",
+        "reward",
+        "--model",
+        tiny_llama_dir,
+        "--dataset",
+        data,
+        "-o",
+        tmp_path / "o",
+        "--max-steps",
+        "1",
+        "--set",
+        "data.validation_split=0",
+    )
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "row 3" in lines[0] and "skip_invalid_pairs" in lines[0], result.output

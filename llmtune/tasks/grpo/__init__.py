@@ -22,10 +22,11 @@ reward functions. Rewards (``options.rewards``, ``options.reward_weights``): see
 references and reward-model folders; the contract is TRL's
 ``fn(prompts, completions, **columns) -> list[float]``.
 
-Sampling is seeded per prompt row and optimizer step (:func:`.trainer.sample_seed`), and each
-group is generated alone (no padding), so a resumed run and a run over several processes (each
-generates the groups of its own prompts) sample exactly the same completions; the global RNG the
-Trainer checkpoints is left untouched.
+Sampling is seeded per completion from the prompt's row and the optimizer step
+(:func:`.trainer.sample_seed`, each row drawing from its own generator through
+:class:`.trainer.SeededSampler`), so a resumed run and a run over several processes (each
+generates the groups of its own prompts) sample the same completions; the global RNG the Trainer
+checkpoints is left untouched. All groups of a batch are generated together (left-padded).
 
 Logged per step (sums over all processes): ``reward`` and ``reward_std``, ``reward_<name>`` and
 ``reward_<name>_std`` per function, ``kl``, ``completion_length``, ``frac_reward_zero_std``

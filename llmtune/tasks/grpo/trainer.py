@@ -20,11 +20,47 @@ def grpo_trainer(base: type, ctx: RunContext) -> type:
     return type("GRPOTrainer", (GRPOTrainerMixin, base), bound)
 
 
-def sample_seed(seed: int, step: int, row: int) -> int:
-    """The sampling seed of one prompt's group: a function of the run's seed, the optimizer step
-    and the prompt's row, so a resumed run or one on more processes samples the same completions."""
-    digest = hashlib.sha256(f"grpo:{seed}:{step}:{row}".encode()).digest()
+def sample_seed(seed: int, step: int, row: int, k: int = 0) -> int:
+    """The sampling seed of completion ``k`` of one prompt's group: a function of the run's seed,
+    the optimizer step and the prompt's row, so a resumed run or one on more processes samples the
+    same completions."""
+    digest = hashlib.sha256(f"grpo:{seed}:{step}:{row}:{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**63)
+
+
+class SeededSampler:
+    """A logits processor that samples each row's next token with the row's own generator
+    (temperature, then nucleus top-p, then the Gumbel-max trick) and leaves only that token
+    possible, so greedy decoding emits it.
+
+    Written here because transformers samples a whole batch from the global RNG: a row's
+    completion would depend on the other rows of its batch, and on how many processes share the
+    prompts. Here it depends only on its own seed (up to float noise of padding), and the global
+    RNG the Trainer checkpoints is left untouched."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: Any):
+        import torch
+
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, index = torch.sort(logits, dim=-1, descending=True)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            drop = cumulative - ordered.softmax(-1) >= self.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, index, drop), float("-inf"))
+        vocab = logits.shape[-1]
+        noise = torch.stack([torch.rand(vocab, generator=g, device=logits.device) for g in self.generators]).clamp_(
+            1e-20, 1.0
+        )
+        choice = (logits - torch.log(-torch.log(noise))).argmax(-1)
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(choice), device=choice.device), choice] = 0.0
+        return out
 
 
 def stop_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -77,11 +113,10 @@ class GRPOTrainerMixin:
 
     # ---- generation and rewards -------------------------------------------------------
     def _generate(self, model: Any, prompts: list[list[int]], rows: list[int], sample: bool) -> list[list[int]]:
-        """``num_generations`` sampled completions per prompt (each group seeded by
-        :func:`sample_seed`, generated alone: no padding, so its samples do not depend on the
-        batch), or one greedy completion per prompt (batched, left-padded)."""
+        """``num_generations`` sampled completions per prompt (each seeded by :func:`sample_seed`
+        through :class:`SeededSampler`), or one greedy completion per prompt; batched, left-padded."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         o, tok = self.grpo_ctx.cfg.options, self.processing_class
         unwrapped = self.accelerator.unwrap_model(model)
@@ -90,37 +125,29 @@ class GRPOTrainerMixin:
         device = self.args.device
         was_training = unwrapped.training
         unwrapped.eval()
-        out: list[list[int]] = []
         try:
             with torch.no_grad():
-                if sample:
-                    config = GenerationConfig(
-                        do_sample=True,
-                        temperature=o.temperature,
-                        top_p=o.top_p,
-                        top_k=0,
-                        num_return_sequences=o.num_generations,
-                        **common,
-                    )
-                    devices = [device.index or 0] if device.type == "cuda" else []
-                    for prompt, row in zip(prompts, rows, strict=True):
-                        with torch.random.fork_rng(devices=devices):
-                            torch.manual_seed(sample_seed(self.args.seed, self.state.global_step, row))
-                            ids = torch.tensor([prompt], device=device)
-                            gen = unwrapped.generate(
-                                input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config
-                            )
-                        out.extend(trim(gen[:, len(prompt) :], stops))
+                if sample:  # each prompt repeated num_generations times, every row its own generator
+                    prompts = [p for p in prompts for _ in range(o.num_generations)]
+                    seeds = [
+                        sample_seed(self.args.seed, self.state.global_step, row, k)
+                        for row in rows
+                        for k in range(o.num_generations)
+                    ]
+                    processors = LogitsProcessorList([SeededSampler(seeds, o.temperature, o.top_p, device)])
                 else:
-                    width = max(len(p) for p in prompts)
-                    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
-                    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-                    config = GenerationConfig(do_sample=False, **common)
-                    gen = unwrapped.generate(input_ids=ids, attention_mask=attn, generation_config=config)
-                    out = trim(gen[:, width:], stops)
+                    processors = LogitsProcessorList()
+                width = max(len(p) for p in prompts)
+                ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+                attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+                # greedy over the sampler's output: it leaves one token per row (see SeededSampler)
+                config = GenerationConfig(do_sample=False, **common)
+                gen = unwrapped.generate(
+                    input_ids=ids, attention_mask=attn, generation_config=config, logits_processor=processors
+                )
+                return trim(gen[:, width:], stops)
         finally:
             unwrapped.train(was_training)
-        return out
 
     def _rewards(self, inputs: dict, completions: list[list[int]], repeat: int) -> Any:
         """[N, F] float64 rewards of the completions (``repeat`` per prompt)."""
