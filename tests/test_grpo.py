@@ -278,18 +278,22 @@ def test_grpo_run_logs_each_reward_and_eval_scores_greedy_completions(tiny_llama
 
 
 @pytest.mark.slow
-def test_grpo_learns_to_stop_early(tiny_llama_dir, sums, tmp_path, cli):
-    """A reward a random model can learn in a few steps: short completions (length 1..2 tokens)."""
-    out = tmp_path / "short"
+def test_grpo_raises_a_reward_a_random_model_can_learn(tiny_llama_dir, sums, tmp_path, cli):
+    """A reward a random model can learn in a few steps: the share of the letter 'e' in the text."""
+    code = tmp_path / "letters.py"
+    code.write_text(
+        "def e_share(prompts, completions, **kw):\n    return [c.count('e') / max(len(c), 1) for c in completions]\n"
+    )
+    out = tmp_path / "e"
     result = grpo(
-        cli, tiny_llama_dir, sums, out, "options.rewards=[length]", "options.length_range=[1,2]",
-        "options.beta=0", "options.num_generations=8", "data.validation_split=0", steps=12, extra=("--lr", "5e-3"),
+        cli, tiny_llama_dir, sums, out, f"options.rewards=[{code}:e_share]", "options.beta=0",
+        "options.num_generations=8", "data.validation_split=0", steps=12, extra=("--lr", "1e-2"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     logs = log_rows(out)
-    first, last = logs[0], logs[-1]
-    assert last["reward_length"] > first["reward_length"] + 0.2, (first, last)
-    assert last["completion_length"] < first["completion_length"]
+    first = sum(r["reward_e_share"] for r in logs[:3]) / 3
+    last = sum(r["reward_e_share"] for r in logs[-3:]) / 3
+    assert last > 1.2 * first, [r["reward_e_share"] for r in logs]
     assert all(r["kl"] == 0.0 for r in logs)  # beta 0: no reference, no KL
 
 
