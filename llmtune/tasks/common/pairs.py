@@ -134,3 +134,38 @@ def split_pair(prompt: Any, chosen: Any, rejected: Any, columns: dict) -> tuple[
     if chosen_text.strip() == rejected_text.strip():
         raise BadPair("identical", f"'{columns['chosen']}' and '{columns['rejected']}' are the same answer")
     return prefix, chosen_text, rejected_text
+
+
+def drop_bad_pairs(ctx: RunContext, encoded: Any, split: str, task: str, cut_note: str) -> Any:
+    """A tokenized split without its bad pairs (``problem``: ``kind:message`` per row, empty when
+    the pair is usable). A bad pair stops the run with one line naming the split and row, unless
+    ``options.skip_invalid_pairs``; pairs with identical answers are always skipped. Skipped and
+    truncated (``truncated`` per row; ``cut_note`` says how) pairs are counted in a printed line;
+    the ``problem`` and ``truncated`` columns are dropped."""
+    from collections import Counter
+
+    from llmtune.console import echo
+
+    cfg = ctx.cfg
+    counts: Counter = Counter()
+    for row, problem in zip(encoded["row"], encoded["problem"], strict=True):
+        if not problem:
+            continue
+        kind, message = problem.split(":", 1)
+        if kind != "identical" and not cfg.options.skip_invalid_pairs:
+            raise LlmtuneError(
+                f"{cfg.data.dataset}: split '{split}' row {row + 1}: {message}; fix the data or set "
+                f"options.skip_invalid_pairs=true to skip such pairs"
+            )
+        counts[kind] += 1
+    truncated = sum(encoded["truncated"])
+    encoded = encoded.filter(lambda b: [not p for p in b["problem"]], batched=True, desc="dropping bad pairs")
+    encoded = encoded.remove_columns(["problem", "truncated"])
+    notes = [f"{n} pair{'s' * (n != 1)} {SKIP_REASONS[k]}" for k, n in sorted(counts.items())]
+    if notes:
+        echo(f"{task}: split '{split}': skipped " + "; ".join(notes))
+    if truncated:
+        echo(f"{task}: split '{split}': {truncated} pairs {cut_note}")
+    if len(encoded) == 0:
+        raise LlmtuneError(f"split '{split}' of {cfg.data.dataset} has no usable preference pair left")
+    return encoded

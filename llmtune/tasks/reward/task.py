@@ -7,13 +7,12 @@ Module level stays torch-free (config validation imports it).
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem, normalize_messages, render
-from llmtune.tasks.common.pairs import PROMPT_COLUMNS, SKIP_REASONS, column_layout, is_hh, parse_hh
+from llmtune.tasks.common.pairs import PROMPT_COLUMNS, column_layout, drop_bad_pairs, is_hh, parse_hh
 from llmtune.tasks.reward.data import RewardCollator, batch_encoder, sequence_scores
 from llmtune.tasks.reward.options import RewardOptions
 
@@ -55,9 +54,7 @@ class RewardTask(Task):
 
     # ---- data ---------------------------------------------------------------------------------
     def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
-        from llmtune.console import echo
-
-        cfg, o = ctx.cfg, ctx.cfg.options
+        o = ctx.cfg.options
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = column_layout(ctx, first)
         if o.margin_column:
@@ -67,27 +64,7 @@ class RewardTask(Task):
         for split, ds in raw.items():
             required = tuple(c for c in ctx.columns.values() if c)
             encoded = tokenize_split(ctx, ds, split, encode, required=required, with_indices=True)
-            counts: Counter = Counter()
-            for row, problem in zip(encoded["row"], encoded["problem"], strict=True):
-                if not problem:
-                    continue
-                kind, message = problem.split(":", 1)
-                if kind != "identical" and not o.skip_invalid_pairs:
-                    raise LlmtuneError(
-                        f"{cfg.data.dataset}: split '{split}' row {row + 1}: {message}; fix the data or set "
-                        f"options.skip_invalid_pairs=true to skip such pairs"
-                    )
-                counts[kind] += 1
-            truncated = sum(encoded["truncated"])
-            encoded = encoded.filter(lambda b: [not p for p in b["problem"]], batched=True, desc="dropping bad pairs")
-            encoded = encoded.remove_columns(["problem", "truncated"])
-            notes = [f"{n} pair{'s' * (n != 1)} {SKIP_REASONS[k]}" for k, n in sorted(counts.items())]
-            if notes:
-                echo(f"reward: split '{split}': skipped " + "; ".join(notes))
-            if truncated:
-                echo(f"reward: split '{split}': {truncated} pairs kept only their last data.max_length tokens")
-            if len(encoded) == 0:
-                raise LlmtuneError(f"split '{split}' of {cfg.data.dataset} has no usable preference pair left")
+            encoded = drop_bad_pairs(ctx, encoded, split, "reward", "kept only their last data.max_length tokens")
             out[split] = encoded
         return out
 
