@@ -111,6 +111,18 @@ def test_reward_model_learns_a_toy_preference_eval_and_predict(tiny_llama_dir, p
     assert result.exit_code == 0, result.output
     again = [json.loads(line)["score"] for line in (tmp_path / "s2.jsonl").read_text().splitlines()]
     assert again == pytest.approx(scores[:2], abs=1e-5)
+    # serve's /v1/predict returns the same records
+    from fastapi.testclient import TestClient
+
+    from llmtune.inference.loader import load_for_inference
+    from llmtune.inference.server import ServeOptions, create_app
+
+    with TestClient(create_app(load_for_inference(str(out)), ServeOptions(model_name="rm"))) as http:
+        got = http.post("/v1/predict", json={"inputs": inputs[:4]})
+        assert got.status_code == 200, got.text
+        assert [p["score"] for p in got.json()["predictions"]] == pytest.approx(scores[:4], abs=1e-5)
+        bad = http.post("/v1/predict", json={"inputs": [{"stars": "x"}]})
+        assert bad.status_code == 400 and "reward predict needs" in bad.json()["error"]["message"]
 
 
 @pytest.mark.slow
