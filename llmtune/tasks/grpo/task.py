@@ -119,7 +119,7 @@ class GRPOTask(Task):
 
     def training_args(self, ctx: RunContext) -> dict:
         # Prompt ids and the reward columns are read by the Trainer, not passed to the model.
-        return {"remove_unused_columns": False, "train_sampling_strategy": "random"}
+        return {"remove_unused_columns": False}
 
     # ---- models -------------------------------------------------------------------------------
     def build_model(self, ctx: RunContext) -> Any:
