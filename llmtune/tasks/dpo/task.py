@@ -6,15 +6,15 @@ Module level stays torch-free (config validation imports it).
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
 from llmtune.tasks.common.chunked_loss import check_run_model
+from llmtune.tasks.common.pairs import drop_bad_pairs
 from llmtune.tasks.dpo.collator import PairCollator
-from llmtune.tasks.dpo.data import REF_COLUMNS, SKIP_REASONS, batch_encoder, column_layout
+from llmtune.tasks.dpo.data import REF_COLUMNS, batch_encoder, column_layout
 from llmtune.tasks.dpo.loss import pair_metrics, rewards
 from llmtune.tasks.dpo.options import LOSS_TYPES, REFERENCE_FREE, DPOOptions
 from llmtune.tasks.dpo.reference import disable_dropout, eval_reference, load_reference, training_reference
@@ -77,8 +77,6 @@ class DPOTask(Task):
 
     # ---- data ---------------------------------------------------------------------------------
     def prepare(self, ctx: RunContext, raw: Any) -> dict[str, Any]:
-        from llmtune.console import echo
-
         cfg, o = ctx.cfg, ctx.cfg.options
         first = raw["train"] if "train" in raw else raw["validation"]
         ctx.columns = column_layout(ctx, first)
@@ -96,27 +94,7 @@ class DPOTask(Task):
                     f"precomputed reference log-probs need both"
                 )
             encoded = tokenize_split(ctx, ds, split, encode, required=required, with_indices=True)
-            counts: Counter = Counter()
-            for row, problem in zip(encoded["row"], encoded["problem"], strict=True):
-                if not problem:
-                    continue
-                kind, message = problem.split(":", 1)
-                if kind != "identical" and not o.skip_invalid_pairs:
-                    raise LlmtuneError(
-                        f"{cfg.data.dataset}: split '{split}' row {row + 1}: {message}; fix the data or set "
-                        f"options.skip_invalid_pairs=true to skip such pairs"
-                    )
-                counts[kind] += 1
-            truncated = sum(encoded["truncated"])
-            encoded = encoded.filter(lambda b: [not p for p in b["problem"]], batched=True, desc="dropping bad pairs")
-            encoded = encoded.remove_columns(["problem", "truncated"])
-            notes = [f"{n} pair{'s' * (n != 1)} {SKIP_REASONS[k]}" for k, n in sorted(counts.items())]
-            if notes:
-                echo(f"dpo: split '{split}': skipped " + "; ".join(notes))
-            if truncated:
-                echo(f"dpo: split '{split}': {truncated} pairs cut to data.max_length={max_length} tokens")
-            if len(encoded) == 0:
-                raise LlmtuneError(f"split '{split}' of {cfg.data.dataset} has no usable preference pair left")
+            encoded = drop_bad_pairs(ctx, encoded, split, "dpo", f"cut to data.max_length={max_length} tokens")
             out[split] = encoded
         # Every split scored by the reference already: no reference model is needed.
         ctx.state["ref_columns"] = all(REF_COLUMNS[0] in ds.column_names for ds in out.values())
