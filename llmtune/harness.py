@@ -289,8 +289,13 @@ def _sample_record(benchmark: str, task: str, sample: dict, metrics: list[str]) 
     resps = sample.get("filtered_resps") or []
     if args and all(isinstance(a, (list, tuple)) and len(a) == 2 and isinstance(a[1], str) for a in args):
         # loglikelihood requests: one (context, continuation) per choice
-        record["prompt"] = args[0][0]
-        record["choices"] = [a[1] for a in args]
+        contexts = [a[0] for a in args]
+        if len(set(contexts)) == 1:
+            record["prompt"] = contexts[0]
+            record["choices"] = [a[1] for a in args]
+        else:  # one continuation after several contexts (winogrande's partial scoring)
+            record["contexts"] = contexts
+            record["continuation"] = args[0][1]
         record["loglikelihoods"] = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
     else:
         record["arguments"] = args
