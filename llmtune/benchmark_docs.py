@@ -1,5 +1,5 @@
 """Document preprocessing that llmtune's offline benchmark configs name (``!function
-llmtune.benchmark_docs.<name>`` in ``llmtune/resources/benchmarks/*.yaml``).
+llmtune.benchmark_docs.<name>`` in ``llmtune/resources/_benchmarks/*.yaml``).
 
 lm-evaluation-harness imports these when it loads the configs; llmtune itself never calls them.
 They reuse the harness's own text cleaning, so prompts stay the harness's; what is written here

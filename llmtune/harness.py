@@ -5,7 +5,7 @@ Not to be confused with :mod:`llmtune.tasks.common.lm_eval`, llmtune's own perpl
 generation scoring of a task's data. Here llmtune only loads the model (output folders,
 adapters-only folders, GGUF, Hub ids: :func:`llmtune.inference.loader.load_for_inference`) and
 hands it to the harness's ``HFLM`` wrapper; prompts, scoring and standard errors are the
-harness's. What llmtune adds: offline task configs (``llmtune/resources/benchmarks``) pointed at
+harness's. What llmtune adds: offline task configs (``llmtune/resources/_benchmarks``) pointed at
 local files, one-line errors, a bounded default batch, the files a run writes, and the
 before/after comparison of a training run.
 
@@ -27,7 +27,7 @@ from llmtune.errors import LlmtuneError
 #: the optional extra that installs lm-evaluation-harness
 BENCH_EXTRA = "bench"
 #: llmtune's offline task configs (YAML in the harness's format, data files as $BENCHMARK_DATA/...)
-OFFLINE_CONFIGS = Path(__file__).parent / "resources" / "benchmarks"
+OFFLINE_CONFIGS = Path(__file__).parent / "resources" / "_benchmarks"
 OFFLINE_BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "mmlu")
 #: the offline configs a run used, with the data paths filled in, under its output folder
 #: (``lm_eval --include_path OUTPUT/benchmark_tasks`` reruns them with the harness's own CLI)
@@ -176,7 +176,7 @@ def render_offline_configs(benchmarks: tuple[str, ...], data_dir: str | Path, ou
 
     def header(source: str) -> str:
         return (
-            f"# Written by llmtune from llmtune/resources/benchmarks/{source} for --benchmark-data {data}; the\n"
+            f"# Written by llmtune from llmtune/resources/_benchmarks/{source} for --benchmark-data {data}; the\n"
             f"# harness's own CLI runs it as well: lm_eval --include_path {out_dir} --tasks ...\n"
         )
 
