@@ -270,13 +270,17 @@ def default_batch_size(model: Any, tokenizer: Any) -> int:
 
 def _metric_values(result: dict) -> dict[str, Any]:
     """``{"acc,none": x, "acc_stderr,none": s}`` -> ``{"acc": x, "acc_stderr": s}`` (a filter
-    other than ``none`` stays in the name: ``exact_match,strict-match``)."""
+    other than ``none`` stays in the name: ``exact_match,strict-match`` and
+    ``exact_match,strict-match_stderr``)."""
     out: dict[str, Any] = {}
     for key, value in result.items():
         if "," not in key:
             continue
         metric, _, filt = key.partition(",")
-        name = metric if filt == "none" else key
+        name = metric
+        if filt != "none":
+            stderr = metric.endswith("_stderr")
+            name = f"{metric.removesuffix('_stderr')},{filt}" + ("_stderr" if stderr else "")
         if isinstance(value, str):  # "N/A": no standard error for this metric
             value = None
         out[name] = value
@@ -408,20 +412,19 @@ def _shared(values: dict, keys: list[str]) -> Any:
     return found.pop() if len(found) == 1 else None
 
 
-HEADLINE_METRICS = ("acc", "acc_norm")
-
-
 def table_rows(benchmarks: dict[str, dict]) -> list[tuple[str, str, str, str]]:
-    """(benchmark, metric, value, stderr) for the table: acc and acc_norm when the benchmark has
-    them, otherwise every metric that has a standard error (e.g. gsm8k's exact_match)."""
+    """(benchmark, metric, value, stderr) rows of the table; a tag without scores of its own
+    (e.g. ai2_arc) shows its tasks'."""
+    from llmtune.outputs import benchmark_metrics
+
     rows = []
     for name, entry in benchmarks.items():
-        metrics = [m for m in HEADLINE_METRICS if m in entry] or [
-            k for k in entry if k.replace(",", "_stderr,", 1) in entry or f"{k}_stderr" in entry
-        ]
-        for metric in metrics:
-            stderr = entry.get(f"{metric}_stderr", entry.get(metric.replace(",", "_stderr,", 1)))
-            rows.append((name, metric, _num(entry.get(metric)), _num(stderr)))
+        parts = [(name, entry)]
+        if not benchmark_metrics(entry) and entry.get("tasks"):
+            parts = list(entry["tasks"].items())
+        for label, values in parts:
+            for metric in benchmark_metrics(values):
+                rows.append((label, metric, _num(values.get(metric)), _num(values.get(f"{metric}_stderr"))))
     return rows
 
 

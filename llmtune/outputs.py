@@ -199,6 +199,14 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
 BENCHMARK_METRICS = ("acc", "acc_norm")
 
 
+def benchmark_metrics(entry: dict) -> list[str]:
+    """The metrics of one benchmark's entry worth a table row: acc and acc_norm where it has
+    them, else those with a standard error (gsm8k's ``exact_match,strict-match``...)."""
+    return [m for m in BENCHMARK_METRICS if m in entry] or [
+        k for k in entry if not k.endswith("_stderr") and f"{k}_stderr" in entry
+    ]
+
+
 def benchmark_comparison(benchmarks: dict) -> list[tuple[str, str, float | None, float | None, float | None]]:
     """(benchmark, metric, before, after, after's standard error) rows of a training run's
     ``benchmarks`` entry in metrics.json (``eval.benchmarks``): acc and acc_norm where a
@@ -206,10 +214,7 @@ def benchmark_comparison(benchmarks: dict) -> list[tuple[str, str, float | None,
     before, after = benchmarks.get("before") or {}, benchmarks.get("after") or {}
     rows = []
     for name, entry in after.items():
-        metrics = [m for m in BENCHMARK_METRICS if m in entry] or [
-            k for k in entry if not k.endswith("_stderr") and f"{k}_stderr" in entry
-        ]
-        for metric in metrics:
+        for metric in benchmark_metrics(entry):
             old = (before.get(name) or {}).get(metric)
             rows.append((name, metric, old, entry.get(metric), entry.get(f"{metric}_stderr")))
     return rows

@@ -392,3 +392,33 @@ def test_benchmarks_before_and_after_training(tiny_llama_dir, bench_data, scored
     assert report.exit_code == 0, report.output
     line = next(x for x in report.output.splitlines() if x.startswith("piqa acc "))
     assert f"{bench['before']['piqa']['acc']:.4f}" in line and f"{bench['after']['piqa']['acc']:.4f}" in line
+
+
+def test_metric_names_and_table_rows_of_filtered_and_tag_results():
+    """Harness result keys become metrics.json names; a filtered metric keeps its stderr pairing,
+    and a tag without scores of its own shows its tasks in the table."""
+    from llmtune.harness import _metric_values, table_rows
+
+    values = _metric_values(
+        {
+            "alias": "gsm8k",
+            "exact_match,strict-match": 0.25,
+            "exact_match_stderr,strict-match": 0.05,
+            "acc_stderr,none": "N/A",
+        }
+    )
+    assert values == {"exact_match,strict-match": 0.25, "exact_match,strict-match_stderr": 0.05, "acc_stderr": None}
+    rows = table_rows(
+        {
+            "gsm8k": {**values, "rows": 4},
+            "ai2_arc": {
+                "rows": 8,
+                "tasks": {"arc_easy": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.25, "acc_norm_stderr": 0.2}},
+            },
+        }
+    )
+    assert rows == [
+        ("gsm8k", "exact_match,strict-match", "0.2500", "0.0500"),
+        ("arc_easy", "acc", "0.5000", "0.1000"),
+        ("arc_easy", "acc_norm", "0.2500", "0.2000"),
+    ]
