@@ -226,6 +226,36 @@ def test_limit_seed_fewshot_and_chat_template_reach_the_harness(tiny_llama_dir, 
     assert dev[0]["question"] in anatomy["prompt"] and "about anatomy" in anatomy["prompt"]
 
 
+@pytest.mark.slow
+def test_gguf_model_scores_like_its_source_weights(scored, tiny_gguf_dir, bench_data, tmp_path, cli):
+    """--gguf-file: the F32 GGUF of the tiny Llama, de-quantized on load, gives the log-likelihoods
+    of the folder it was written from."""
+    out = tmp_path / "eval"
+    args = [
+        "eval",
+        "-m",
+        tiny_gguf_dir,
+        "--gguf-file",
+        "model.gguf",
+        "--benchmark",
+        "piqa",
+        "--benchmark-data",
+        bench_data,
+    ]
+    result = cli(*args, "-o", out, "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    _, metrics, records, _ = scored
+    source = {r["doc_id"]: r["loglikelihoods"] for r in records if r["task"] == "piqa"}
+    assert len(rows) == len(source) == 6
+    for r in rows:
+        assert r["loglikelihoods"] == pytest.approx(source[r["doc_id"]], abs=1e-3)
+    assert (
+        json.loads((out / "metrics.json").read_text())["benchmarks"]["piqa"]["acc"]
+        == metrics["benchmarks"]["piqa"]["acc"]
+    )
+
+
 # ---- bad input: one line, exit 2 ------------------------------------------------------------------
 
 
@@ -364,6 +394,8 @@ def test_benchmarks_before_and_after_training(tiny_llama_dir, bench_data, scored
         "train.eval_strategy=no",
         "data.validation_split=0",
         "options.num_samples=0",
+        "peft.method=lora",  # adapters only: the trained model loads on top of its base
+        "peft.merge=false",
         "eval.benchmarks=[arc_easy,piqa]",
         f"eval.benchmark_data={bench_data}",
         "train.eval_batch_size=4",
@@ -372,6 +404,7 @@ def test_benchmarks_before_and_after_training(tiny_llama_dir, bench_data, scored
         args += ["--set", item]
     result = cli(*args)
     assert result.exit_code == 0, result.output
+    assert (out / "adapter_config.json").is_file()
     bench = json.loads((out / "metrics.json").read_text())["benchmarks"]
     assert bench["starting_model"] == str(tiny_llama_dir)
     assert set(bench["before"]) == set(bench["after"]) == {"arc_easy", "piqa"}
