@@ -42,7 +42,7 @@ def eval_cmd(
             "--benchmark",
             "-b",
             help="Standard benchmarks through lm-evaluation-harness instead of a task's data, comma-separated: "
-            "hellaswag,arc_easy,arc_challenge,piqa,winogrande,mmlu or any lm-eval task (pip install 'llmtune[bench]').",
+            "hellaswag,arc_easy,arc_challenge,piqa,winogrande,mmlu or any lm-eval task (needs the 'bench' extra).",
         ),
     ] = None,
     benchmark_data: Annotated[
