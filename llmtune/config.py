@@ -279,6 +279,25 @@ class PeftArgs:
     load_in_4bit: bool = False
 
 
+@dataclass
+class EvalArgs:
+    """Standard benchmarks after training (lm-evaluation-harness, pip install 'llmtune[bench]'):
+    scored on the starting model and on the trained one, before/after in metrics.json, the
+    model card and ``llmtune report``. Causal LM tasks only (clm, sft, dpo, grpo...)."""
+
+    # Benchmark names, e.g. [arc_easy, hellaswag] (any lm-eval task; with benchmark_data: the
+    # offline ones llmtune ships). [] = none.
+    benchmarks: list[str] = field(default_factory=list)
+    # Folder of local benchmark files in the Hub schemas (offline); None = the harness's Hub data.
+    benchmark_data: str | None = None
+    # Rows per benchmark task: a count, or a fraction below 1 (None = all).
+    limit: float | None = bounded(None, gt=0)
+    # Few-shot examples per prompt (None = the task's default, 0 for the standard ones).
+    num_fewshot: int | None = bounded(None, ge=0)
+    # Wrap prompts in the model's chat template (off, as in the harness).
+    chat_template: bool = False
+
+
 # Renamed keys: the old name is still read (older recipes stay valid), the new one is saved.
 RENAMED_KEYS = {"train.save_final_checkpoint": "train.keep_checkpoints"}
 
@@ -316,6 +335,7 @@ class RunConfig:
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     peft: PeftArgs = field(default_factory=PeftArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
     # Task-specific knobs: a dataclass defined by the task module (``Task.Options``).
     options: Any = None
     # Not saved: values the task's default recipe set when no --recipe was given (printed once
@@ -389,8 +409,14 @@ FLAG_NAMES = {
 }
 
 
-SECTIONS: dict[str, type] = {"model": ModelArgs, "data": DataArgs, "train": TrainArgs, "peft": PeftArgs}
-TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "options")
+SECTIONS: dict[str, type] = {
+    "model": ModelArgs,
+    "data": DataArgs,
+    "train": TrainArgs,
+    "peft": PeftArgs,
+    "eval": EvalArgs,
+}
+TOP_LEVEL_KEYS = ("task", "description", "model", "data", "train", "peft", "eval", "options")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,6 +644,13 @@ def validate_config(
             "train.loss_chunk_size and train.liger_kernel: Liger's fused linear cross-entropy already computes the loss "
             "without the whole logits (faster, on GPU): drop train.loss_chunk_size"
         )
+    if cfg.eval.benchmarks and task is not None and not (task.generative or task.causal_lm_loss):
+        p.append(
+            f"eval.benchmarks score causal language models (tasks clm, sft, dpo, grpo...); task {task.name} is not "
+            f"one: drop eval.benchmarks"
+        )
+    if not cfg.eval.benchmarks and (cfg.eval.benchmark_data or cfg.eval.limit or cfg.eval.num_fewshot is not None):
+        p.append("eval.benchmark_data / eval.limit / eval.num_fewshot need eval.benchmarks (e.g. [arc_easy,hellaswag])")
     if t.loss_chunk_size is not None and task is not None and not task.causal_lm_loss:
         p.append(
             f"train.loss_chunk_size applies to causal language-model losses (tasks clm, sft, dpo); task {task.name} "

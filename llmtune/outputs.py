@@ -175,9 +175,13 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
         "|---|---|---|",
     ]
     for split, values in metrics.items():
+        if split == "benchmarks":
+            continue
         for key, value in (values or {}).items():
             if isinstance(value, float):
                 lines.append(f"| {split} | {key} | {value:.4f} |")
+    if metrics.get("benchmarks"):
+        lines += ["", *benchmark_card_lines(metrics["benchmarks"])]
     lines += [
         "",
         "## Reproduce",
@@ -190,6 +194,55 @@ def write_model_card(path: Path, cfg: RunConfig, task: Task, metrics: dict, comm
         "",
     ]
     path.write_text("\n".join(x for x in lines if x is not None), encoding="utf-8")
+
+
+BENCHMARK_METRICS = ("acc", "acc_norm")
+
+
+def benchmark_metrics(entry: dict) -> list[str]:
+    """The metrics of one benchmark's entry worth a table row: acc and acc_norm where it has
+    them, else those with a standard error (gsm8k's ``exact_match,strict-match``...)."""
+    return [m for m in BENCHMARK_METRICS if m in entry] or [
+        k for k in entry if not k.endswith("_stderr") and f"{k}_stderr" in entry
+    ]
+
+
+def benchmark_comparison(benchmarks: dict) -> list[tuple[str, str, float | None, float | None, float | None]]:
+    """(benchmark, metric, before, after, after's standard error) rows of a training run's
+    ``benchmarks`` entry in metrics.json (``eval.benchmarks``): acc and acc_norm where a
+    benchmark has them, else its metrics that have a standard error."""
+    before, after = benchmarks.get("before") or {}, benchmarks.get("after") or {}
+    rows = []
+    for name, entry in after.items():
+        for metric in benchmark_metrics(entry):
+            old = (before.get(name) or {}).get(metric)
+            rows.append((name, metric, old, entry.get(metric), entry.get(f"{metric}_stderr")))
+    return rows
+
+
+def benchmark_card_lines(benchmarks: dict) -> list[str]:
+    """The model card's before/after table of ``eval.benchmarks``."""
+
+    def num(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+    harness = benchmarks.get("harness") or {}
+    settings = harness.get("settings") or {}
+    lines = [
+        "## Benchmarks",
+        "",
+        f"lm-evaluation-harness {harness.get('lm_eval_version', '?')}, starting model "
+        f"`{benchmarks.get('starting_model') or '-'}`"
+        + (f", limit {settings['limit']} rows per task" if settings.get("limit") else "")
+        + (f", {settings['num_fewshot']}-shot" if settings.get("num_fewshot") else ", zero-shot")
+        + (", offline data" if settings.get("data_dir") else ""),
+        "",
+        "| benchmark | metric | before | after | stderr (after) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, metric, old, new, stderr in benchmark_comparison(benchmarks):
+        lines.append(f"| {name} | {metric} | {num(old)} | {num(new)} | {num(stderr)} |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -237,6 +237,15 @@ def summary(run: Run) -> dict[str, str]:
     test = (run.metrics or {}).get("test") or {}
     if f"test_{main}" in test:
         rows[f"test {main}"] = _fmt(test[f"test_{main}"])
+    benchmarks = (run.metrics or {}).get("benchmarks")
+    if isinstance(benchmarks, dict):  # eval.benchmarks: starting model -> trained model
+        from llmtune.outputs import benchmark_comparison
+
+        def num(value: Any) -> str:
+            return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+        for name, metric, before, after, _ in benchmark_comparison(benchmarks):
+            rows[f"{name} {metric}"] = f"{num(before)} -> {num(after)}"
     return rows
 
 

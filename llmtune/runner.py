@@ -219,6 +219,10 @@ def _train(
         info(f"llmtune: no complete checkpoint in {output_dir}: starting from scratch")
     set_seed(cfg.train.seed)
     check_runtime(cfg)  # QLoRA without a GPU: refused before any loading
+    if cfg.eval.benchmarks:
+        from llmtune.harness import check_before_training
+
+        check_before_training(cfg)  # harness installed, names known, offline files there
 
     from llmtune import hardware
 
@@ -322,11 +326,17 @@ def _train(
         write_run_status(output_dir, "finished", wall_seconds=train_metrics["train_wall_seconds"])
     state.wait_for_everyone()  # every process has saved: the run is complete
     removed = remove_checkpoints(output_dir) if state.is_main_process and not cfg.train.keep_checkpoints else []
+    if cfg.eval.benchmarks and state.is_main_process:
+        metrics["benchmarks"] = _benchmarks_after_training(cfg, task, metrics, output_dir, ctx, command, debug, info)
     info("")
     if "eval" in metrics:
         echo(metrics_table("eval metrics (validation split)", task.headline(metrics["eval"])))
     if "test" in metrics:
         echo("\n" + metrics_table("held-out metrics (test split)", task.headline(metrics["test"])))
+    if "benchmarks" in metrics:
+        from llmtune.harness import comparison_table
+
+        echo("\n" + comparison_table(metrics["benchmarks"]))
     info(
         f"\nmodel, tokenizer, {CONFIG_FILENAME}, {METRICS_FILE} and README.md saved to {output_dir}"
         + f"; curves: {output_dir / CURVES_FILE}"
@@ -342,6 +352,29 @@ def _train(
             f"--set train.keep_checkpoints=true keeps them, to extend a run later with --resume"
         )
     return metrics
+
+
+def _benchmarks_after_training(
+    cfg: RunConfig,
+    task: Any,
+    metrics: dict,
+    output_dir: Path,
+    ctx: RunContext,
+    command: str | None,
+    debug: bool,
+    info: Any,
+) -> dict:
+    """eval.benchmarks: the starting and the trained model through lm-evaluation-harness; the
+    before/after table goes into metrics.json and the model card (main process, model saved)."""
+    from llmtune.harness import before_after
+
+    info(f"llmtune: benchmarks {', '.join(cfg.eval.benchmarks)} on the starting and the trained model (lm-eval)")
+    result = before_after(cfg, output_dir, debug)
+    write_json(output_dir / METRICS_FILE, {**metrics, "benchmarks": result})
+    write_model_card(
+        output_dir / "README.md", cfg, task, {**metrics, "benchmarks": result}, command or command_line(), ctx
+    )
+    return result
 
 
 def unknown_metric_message(cfg: RunConfig, text: str) -> str:

@@ -1,4 +1,5 @@
-"""``llmtune eval``: score a saved model on labelled data."""
+"""``llmtune eval``: score a saved model on labelled data, or on standard benchmarks (``--benchmark``,
+through lm-evaluation-harness: :mod:`llmtune.harness`)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,76 @@ def eval_cmd(
     trust_remote_code: c.TrustRemoteCode = False,
     quiet: c.Quiet = False,
     sets: c.Sets = None,
+    benchmark: Annotated[
+        Optional[str],
+        typer.Option(
+            "--benchmark",
+            "-b",
+            help="Standard benchmarks through lm-evaluation-harness instead of a task's data, comma-separated: "
+            "hellaswag,arc_easy,arc_challenge,piqa,winogrande,mmlu or any lm-eval task (needs the 'bench' extra).",
+        ),
+    ] = None,
+    benchmark_data: Annotated[
+        Optional[str],
+        typer.Option(
+            "--benchmark-data",
+            help="Offline: folder of local benchmark files in the Hub schemas (arc_easy_validation.jsonl, ...; "
+            "README: Benchmarks). Default: the harness's Hub datasets.",
+        ),
+    ] = None,
+    num_fewshot: Annotated[
+        Optional[int], typer.Option("--num-fewshot", help="Few-shot examples per prompt (default: the task's, 0).")
+    ] = None,
+    limit: Annotated[
+        Optional[float],
+        typer.Option("--limit", help="Score only this many rows per benchmark task (or a fraction, below 1)."),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option("--seed", help="Seed of the harness's samplers (default: the harness's, 0 / 1234)."),
+    ] = None,
+    chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--chat-template", help="Wrap benchmark prompts in the model's chat template (off, as in the harness)."
+        ),
+    ] = False,
 ) -> None:
-    """Score a saved model: metrics table, metrics.json and predictions.jsonl."""
+    """Score a saved model: metrics table, metrics.json and predictions.jsonl.
+
+    With --benchmark: standard LLM benchmarks (acc, acc_norm, standard errors) through EleutherAI's
+    lm-evaluation-harness, for any causal LM llmtune trains or loads."""
+    if benchmark is not None:
+        for name, value in (("--task", task), ("--dataset", dataset), ("--split", split)):
+            if value is not None:
+                c.fail(f"{name} does not apply with --benchmark (benchmarks bring their own data): drop {name}")
+        from llmtune.harness import BenchmarkSettings, evaluate_model
+
+        settings = BenchmarkSettings(
+            benchmarks=tuple(b.strip() for b in benchmark.split(",")),
+            data_dir=benchmark_data,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            chat_template=chat_template,
+        )
+        evaluate_model(model, settings, output_dir, gguf_file, trust_remote_code, sets, quiet, c.debug_enabled())
+        return
+    given = [
+        n
+        for n, v in (
+            ("--benchmark-data", benchmark_data),
+            ("--num-fewshot", num_fewshot),
+            ("--limit", limit),
+            ("--seed", seed),
+        )
+        if v is not None
+    ]
+    if chat_template:
+        given.append("--chat-template")
+    if given:
+        c.fail(f"{given[0]} only applies with --benchmark: add --benchmark NAMES, or drop {given[0]}")
     from llmtune.config import CONFIG_FILENAME, FLAG_NAMES, file_origins, merge_overrides
     from llmtune.inference.loader import saved_tree
     from llmtune.modeling import check_folder, model_location
