@@ -224,13 +224,15 @@ def comparisons(rows: dict) -> list[str]:
     """LoRA against full fine-tuning, and the chunked loss against the plain one, from the table."""
     lines = []
     for size in SIZES:
-        full, lora = rows.get((size, "full", 1024)), rows.get((size, "lora", 1024))
-        if full and lora:
-            lines.append(
-                f"- {SIZES[size][0]}, 1024 tokens: LoRA's step peak (runtime excluded) is "
-                f"{100 * (1 - (lora['step_peak'] - lora['runtime']) / (full['step_peak'] - full['runtime'])):.0f} % below "
-                f"full fine-tuning's; whole-process peak {100 * (1 - lora['process_peak'] / full['process_peak']):.0f} % below."
-            )
+        for a_name, b_name in (("full", "lora"), ("ckpt", "lora+ckpt"), ("full", "lora+ckpt")):
+            a, b = rows.get((size, a_name, 1024)), rows.get((size, b_name, 1024))
+            if a and b:
+                pa, pb = a["step_peak"] - a["runtime"], b["step_peak"] - b["runtime"]
+                lines.append(
+                    f"- {SIZES[size][0]}, 1024 tokens: {b_name}'s step peak (runtime excluded) is {100 * (1 - pb / pa):.0f} % "
+                    f"below {a_name}'s ({_mib(pa)} -> {_mib(pb)} MiB); whole-process peak "
+                    f"{100 * (1 - b['process_peak'] / a['process_peak']):.0f} % below."
+                )
     for size in SIZES:
         for plain, chunked in (("full", "full+chunk"), ("lora+ckpt", "lora+ckpt+chunk")):
             a, b = rows.get((size, plain, 2048)), rows.get((size, chunked, 2048))
