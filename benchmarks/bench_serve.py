@@ -125,6 +125,69 @@ def measure(url: str, prompts: list[str], clients: int, max_tokens: int) -> dict
     }
 
 
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(current, peak) resident memory of a process in KiB."""
+    fields = dict(ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def soak(url: str, pid: int, prompts: list[str], n: int, clients: int, seed: int = 0) -> dict:
+    """``n`` requests from ``clients`` threads: random max_tokens, streamed or not, one in ten
+    invalid (top_p=5: must be a 400), one in ten streams dropped after the first chunk."""
+    import random
+
+    import httpx
+
+    rng = random.Random(seed)
+    plan = []
+    for i in range(n):
+        kind = rng.choices(["valid", "invalid", "disconnect"], [8, 1, 1])[0]
+        plan.append((i, kind, prompts[i % len(prompts)], rng.randint(1, 64), rng.random() < 0.5))
+
+    def send(item):
+        _, kind, prompt, max_tokens, stream = item
+        body = {"model": served, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "stream": stream or kind == "disconnect"}  # fmt: skip
+        if kind == "invalid":
+            body["top_p"] = 5
+        with httpx.Client(timeout=600) as http:
+            if not body["stream"]:
+                reply = http.post(f"{url}/v1/chat/completions", json=body)
+                return kind, reply.status_code, reply.status_code == 200 and "choices" in reply.json()
+            with http.stream("POST", f"{url}/v1/chat/completions", json=body) as reply:
+                if reply.status_code != 200:
+                    return kind, reply.status_code, False
+                lines = reply.iter_lines()
+                if kind == "disconnect":
+                    next(lines)
+                    return kind, 200, True  # leaving the block closes the connection mid-answer
+                events = [ln for ln in lines if ln.startswith("data: ")]
+                return kind, 200, events[-1] == "data: [DONE]" and '"finish_reason": "' in events[-2]
+
+    served = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+    before = rss_kib(pid)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        outcomes = list(pool.map(send, plan))
+    wall = time.perf_counter() - started
+    time.sleep(2)
+    after = rss_kib(pid)
+    valid = [o for o in outcomes if o[0] == "valid"]
+    return {
+        "requests": n,
+        "clients": clients,
+        "wall": wall,
+        "valid": len(valid),
+        "valid_failed": sum(1 for o in valid if not o[2]),
+        "invalid": sum(1 for o in outcomes if o[0] == "invalid"),
+        "invalid_not_400": sum(1 for o in outcomes if o[0] == "invalid" and o[1] != 400),
+        "disconnects": sum(1 for o in outcomes if o[0] == "disconnect"),
+        "rss_before": before,
+        "rss_after": after,
+        "metrics": httpx.get(f"{url}/metrics").text,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests-per-client", type=int, default=1)
@@ -132,8 +195,11 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     ap.add_argument("--baseline-src", type=Path, default=None, help="another llmtune checkout to measure too")
+    ap.add_argument("--soak", type=int, default=0, help="only the soak run: this many requests, 16 clients")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if args.soak:
+        return main_soak(args)
     need = max(max(args.levels) * args.requests_per_client, args.lone_requests)
     prompts, source = prompts_for_generation(need)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -167,6 +233,38 @@ def main() -> int:
     if not args.no_write:
         update_benchmarks_md("bench_serve", body)
     return 0
+
+
+def main_soak(args: argparse.Namespace) -> int:
+    prompts, source = prompts_for_generation(200)
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    proc, url = start_server(["--max-batch-size", "16", "--max-queue", "1000"], str(ROOT), work / "soak.log")
+    try:
+        r = soak(url, proc.pid, prompts, args.soak, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    counters = [ln for ln in r["metrics"].splitlines() if ln.startswith("llmtune_requests_total")]
+    body = "\n".join(
+        [
+            "### Soak run",
+            "",
+            f"`python benchmarks/bench_serve.py --soak {args.soak}` - the batching server (`--max-batch-size 16 "
+            f"--max-queue 1000`), {r['requests']} chat requests from 16 clients ({source}), random max_tokens "
+            f"1-64, half streamed, one in ten invalid (top_p=5), one in ten streams dropped after the first chunk; "
+            f"{r['wall']:.0f} s, {time.strftime('%Y-%m-%d')}.",
+            "",
+            f"- valid requests: {r['valid']}, failed: **{r['valid_failed']}**; invalid: {r['invalid']}, "
+            f"answered other than 400: {r['invalid_not_400']}; dropped streams: {r['disconnects']}",
+            f"- server RSS before / after the run: {r['rss_before'][0] / 1024:.0f} / {r['rss_after'][0] / 1024:.0f} "
+            f"MiB (peak before / after: {r['rss_before'][1] / 1024:.0f} / {r['rss_after'][1] / 1024:.0f} MiB)",
+            "- `/metrics` afterwards: " + ", ".join(f"`{c}`" for c in counters),
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        update_benchmarks_md("bench_serve_soak", body)
+    return 0 if r["valid_failed"] == 0 and r["invalid_not_400"] == 0 else 1
 
 
 def report(results: dict[str, list[dict]], reference: list[dict], args: argparse.Namespace, source: str) -> str:
