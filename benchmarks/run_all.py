@@ -23,6 +23,7 @@ SCRIPTS = [
     "bench_packing.py",
     "bench_asr.py",
     "bench_scaleout.py",
+    "bench_serve.py",
 ]
 
 
