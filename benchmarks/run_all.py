@@ -23,7 +23,10 @@ SCRIPTS = [
     "bench_packing.py",
     "bench_asr.py",
     "bench_scaleout.py",
+    "bench_memory_scale.py",
     "bench_lm_eval.py",
+    "bench_serve.py",
+    "bench_grpo.py",
 ]
 
 

@@ -58,12 +58,27 @@ def serve(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Batch size for /v1/predict and multi-prompt completions.")
     ] = 8,
+    max_batch_size: Annotated[
+        int,
+        typer.Option(
+            "--max-batch-size",
+            help="Requests generated together (continuous batching; 1 = one request at a time) "
+            "and /v1/predict requests run together.",
+        ),
+    ] = 8,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Requests that may wait for a slot; more get HTTP 429.")
+    ] = 64,
+    log_requests: Annotated[
+        bool,
+        typer.Option("--log-requests", help="One line per request on stderr: status, tokens, time to first token."),
+    ] = False,
     sampling: c.Sampling = c.Sampling(),
     gguf_file: c.GgufFile = None,
     trust_remote_code: c.TrustRemoteCode = False,
     sets: c.Sets = None,
 ) -> None:
-    """Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /v1/predict."""
+    """Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /v1/predict, /metrics."""
     try:
         import uvicorn
 
@@ -82,6 +97,8 @@ def serve(
         ("--max-tokens-limit", max_tokens_limit),
         ("--max-body-bytes", max_body_bytes),
         ("--batch-size", batch_size),
+        ("--max-batch-size", max_batch_size),
+        ("--max-queue", max_queue),
     ):
         if value < 1:
             c.fail(f"{flag} must be >= 1, got {value}")
@@ -108,6 +125,9 @@ def serve(
         max_body_bytes=max_body_bytes,
         defaults=defaults,
         batch_size=batch_size,
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        log_requests=log_requests,
     )
     application = create_app(ctx, opts)
     if host not in LOOPBACK and not api_key:

@@ -53,13 +53,13 @@ class GenerationSettings:
         p = []
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             p.append(f"{n('max_new_tokens')} must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             p.append(f"{n('temperature')} must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # NaN too
             p.append(f"{n('top_p')} must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             p.append(f"{n('top_k')} must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
+        if not self.repetition_penalty > 0:  # NaN too
             p.append(f"{n('repetition_penalty')} must be > 0 (1 = off), got {self.repetition_penalty}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             p.append(f"{n('seed')} must be in 0 .. 2**32-1, got {self.seed}")
@@ -176,6 +176,24 @@ def chat_prompt(tokenizer: Any, messages: list[dict]) -> str:
         raise LlmtuneError(f"the model's chat template cannot render these messages: {text}") from exc
 
 
+def decode_answer(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+def finish_generated(
+    tokenizer: Any, ids: Sequence[int], stops: set[int], settings: GenerationSettings, prompt_tokens: int
+) -> Generated:
+    """The answer in the new token ids ``ids``: cut after the first stop token, at a stop string
+    and at an end-of-turn marker; finish reason "length" only when ``max_new_tokens`` was used up."""
+    ids = list(ids)
+    end = next((k for k, t in enumerate(ids) if t in stops), None)
+    kept = ids if end is None else ids[: end + 1]
+    text, stopped = cut_at_stop(decode_answer(tokenizer, kept), settings.stop)
+    text = cut_at_end_of_turn(text)
+    reason = "stop" if end is not None or stopped or len(kept) < settings.max_new_tokens else "length"
+    return Generated(text, prompt_tokens, len(kept), reason)
+
+
 # ---------------------------------------------------------------------------------------------
 # batched generation
 
@@ -240,14 +258,7 @@ def generate_texts(
             new = out[:, 1:] if encoder_decoder else out[:, enc["input_ids"].shape[1] :]
             prompt_counts = enc["attention_mask"].sum(-1).tolist()
             for j, i in enumerate(indices):
-                ids = new[j].tolist()
-                end = next((k for k, t in enumerate(ids) if t in stops), None)
-                kept = ids if end is None else ids[: end + 1]
-                text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-                text, stopped = cut_at_stop(text, settings.stop)
-                text = cut_at_end_of_turn(text)
-                reason = "stop" if end is not None or stopped or len(kept) < settings.max_new_tokens else "length"
-                outputs[i] = Generated(text, int(prompt_counts[j]), len(kept), reason)
+                outputs[i] = finish_generated(tokenizer, new[j].tolist(), stops, settings, int(prompt_counts[j]))
             if progress is not None:
                 progress(len(indices))
     finally:

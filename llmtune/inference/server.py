@@ -4,22 +4,28 @@
   ``"stream": true``, server-sent events ending in ``data: [DONE]``) for causal LMs;
 - ``POST /v1/predict`` for every task: ``{"inputs": [row or text, ...]}`` -> the records
   ``llmtune predict`` writes;
+- ``GET /metrics``: Prometheus text (requests, tokens, queue length, batch size, time to first
+  token, tokens/s);
 - an optional API key (``Authorization: Bearer KEY``), a request body limit (413), a max-tokens
-  limit and range checks (400), OpenAI's error shape ``{"error": {"message", "type", ...}}``.
+  limit and range checks (400), a queue limit (429), OpenAI's error shape
+  ``{"error": {"message", "type", ...}}``.
 
-One model serves one request at a time (a lock): generation already uses every core, and the
-model's buffers are not shared safely between threads. A batch of prompts in one completions
-request is generated as batches.
+Concurrent generation requests share one running batch (continuous batching,
+:mod:`llmtune.inference.scheduler`): one worker thread owns the model, the routes are coroutines
+that hand it jobs and wait for their tokens. ``/v1/predict`` requests that arrive together run as
+one batch. A lock keeps the two workers off the model at the same time.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route parameters' annotations at
 # run time to tell a request body from a query parameter.
+import asyncio
+import contextlib
 import json
 import secrets
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -55,12 +61,25 @@ class ServeOptions:
     # Sampling defaults for requests that do not set them (the server's --temperature etc.).
     defaults: GenerationSettings = field(default_factory=GenerationSettings)
     batch_size: int = 8
+    # Sequences generated together (1 = one request at a time, the server before batching).
+    max_batch_size: int = 8
+    # Requests waiting for a slot beyond this are refused with 429.
+    max_queue: int = 64
+    # One line per request on stderr (endpoint, status, tokens, time to first token, latency).
+    log_requests: bool = False
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: Any = None) -> dict:
@@ -69,20 +88,54 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 def create_app(ctx: Any, opts: ServeOptions) -> Any:
     """The FastAPI app serving ``ctx`` (a loaded :class:`~llmtune.tasks.base.RunContext`)."""
+    from fastapi.responses import PlainTextResponse
+
     from llmtune.inference.generation import (
-        TextStream,
         chat_prompt,
         fit_conversation,
-        generate_texts,
         has_chat_template,
         max_prompt_tokens,
     )
+    from llmtune.inference.inputs import columns_of
     from llmtune.inference.predict import PredictSettings, predict_rows
+    from llmtune.inference.scheduler import ContinuousBatcher, Job, Metrics, MicroBatcher, PredictJob, QueueFull
 
     task = ctx.state["task"]
-    lock = threading.Lock()
+    lock = threading.Lock()  # the model: generation worker and predict worker take turns
+    metrics = Metrics()
+    batcher = (
+        ContinuousBatcher(ctx.model, ctx.tokenizer, opts.max_batch_size, opts.max_queue, metrics, lock)
+        if task.generative
+        else None
+    )
+
+    def run_predict(group: list[PredictJob]) -> list[list[dict]]:
+        rows = [r for job in group for r in job.rows]
+        settings = PredictSettings(batch_size=opts.batch_size, all_scores=group[0].key[1], threshold=group[0].key[2])
+        with lock:
+            task.prepare_inference(ctx, list(group[0].key[0]))
+            records = predict_rows(ctx, rows, settings)
+        out, at = [], 0
+        for job in group:
+            out.append(records[at : at + len(job.rows)])
+            at += len(job.rows)
+        return out
+
+    predictor = MicroBatcher(run_predict, opts.max_batch_size, opts.max_queue)
     created = int(time.time())
-    app = FastAPI(title="llmtune", version="1", docs_url=None, redoc_url=None)
+
+    def close_workers() -> None:
+        if batcher is not None:
+            batcher.close()
+        predictor.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        close_workers()
+
+    app = FastAPI(title="llmtune", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.metrics, app.state.batcher, app.state.predictor = metrics, batcher, predictor
 
     class Sampling(BaseModel):
         model_config = ConfigDict(extra="ignore")
@@ -119,7 +172,7 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
     # ---- errors, limits, auth -----------------------------------------------------------------
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> Any:
-        return JSONResponse(error_body(exc.message, exc.kind, exc.param), status_code=exc.status)
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Any:
@@ -223,21 +276,100 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
     def sse(payload: dict) -> str:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def stream_events(prompt: str, settings: GenerationSettings, templated: bool, chunk: Any) -> Iterator[str]:
+    def channel() -> tuple[asyncio.Queue, Any]:
+        """A queue the worker thread fills through ``emit(kind, value)``."""
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        return queue, emit
+
+    def submit(jobs: list[Job], endpoint: str) -> None:
+        assert batcher is not None
+        try:
+            batcher.submit(jobs)
+        except QueueFull as exc:
+            metrics.request(endpoint, "rejected")
+            raise RequestError(429, str(exc), kind="rate_limit_error", code="rate_limit_exceeded") from None
+
+    def log(endpoint: str, status: str, job: Job | None, prompt_tokens: int = 0, new_tokens: int = 0) -> None:
+        metrics.request(endpoint, status)
+        if not opts.log_requests:
+            return
+        now = time.monotonic()
+        ttft = f"{job.first_token_at - job.arrived:.3f}s" if job is not None and job.first_token_at else "-"
+        took = f"{now - job.arrived:.3f}s" if job is not None else "-"
+        print(
+            f"llmtune serve: {endpoint} {status} prompt_tokens={prompt_tokens} new_tokens={new_tokens} "
+            f"ttft={ttft} latency={took}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def answer(job: Job, queue: asyncio.Queue) -> Any:
+        """The job's ``Generated``; a failure of this request is a 500 of this request only."""
+        while True:
+            kind, value = await queue.get()
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise RequestError(500, str(value), kind="server_error")
+
+    async def generate(prompts: list[str], settings: GenerationSettings, templated: bool, endpoint: str) -> list[Any]:
         limit = max_prompt_tokens(ctx.model, ctx.tokenizer, settings.max_new_tokens)
-        with lock:
-            stream = TextStream(
-                ctx.model, ctx.tokenizer, prompt, settings, add_special_tokens=not templated, max_input_tokens=limit
-            )
+        pairs = []
+        for prompt in prompts:
+            queue, emit = channel()
+            pairs.append((Job(prompt, settings, emit, not templated, limit), queue))
+        submit([job for job, _ in pairs], endpoint)
+        done = False
+        try:
+            outs = [await answer(job, queue) for job, queue in pairs]
+            done = True
+        except RequestError:
+            done = True
+            log(endpoint, "error", pairs[0][0])
+            raise
+        finally:
+            if not done:  # the client went away: free the slots
+                for job, _ in pairs:
+                    batcher.cancel(job)
+                log(endpoint, "cancelled", pairs[0][0])
+        log(endpoint, "ok", pairs[0][0], sum(o.prompt_tokens for o in outs), sum(o.new_tokens for o in outs))
+        return outs
+
+    def stream_events(prompt: str, settings: GenerationSettings, templated: bool, chunk: Any, endpoint: str) -> Any:
+        limit = max_prompt_tokens(ctx.model, ctx.tokenizer, settings.max_new_tokens)
+        queue, emit = channel()
+        job = Job(prompt, settings, emit, not templated, limit, stream=True)
+        submit([job], endpoint)  # before the response starts: a full queue is a 429, not a broken stream
+
+        async def events() -> Any:
+            finished = False
             try:
                 yield sse(chunk(None, None))  # the opening chunk (chat: the role)
-                for piece in stream:
-                    if piece:
-                        yield sse(chunk(piece, None))
-                yield sse(chunk("", stream.finish_reason))
-                yield "data: [DONE]\n\n"
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "piece":
+                        yield sse(chunk(value, None))
+                    elif kind == "done":
+                        yield sse(chunk("", value.finish_reason))
+                        yield "data: [DONE]\n\n"
+                        finished = True
+                        log(endpoint, "ok", job, value.prompt_tokens, value.new_tokens)
+                        return
+                    else:
+                        finished = True
+                        log(endpoint, "error", job)
+                        yield sse(error_body(str(value), kind="server_error"))
+                        return
             finally:
-                stream.close()
+                if not finished:  # the client disconnected: its row leaves the batch at the next step
+                    batcher.cancel(job)
+                    log(endpoint, "cancelled", job, 0, len(job.new))
+
+        return events()
 
     # ---- routes ---------------------------------------------------------------------------------
     @app.get("/v1/models", dependencies=[Depends(authorize)])
@@ -249,12 +381,16 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
             ],
         }
 
+    @app.get("/metrics")
+    def prometheus() -> Any:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model": opts.model_name, "task": task.name}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    def completions(req: CompletionRequest) -> Any:
+    async def completions(req: CompletionRequest) -> Any:
         check_model(req.model)
         need_generator()
         settings = settings_for(req)
@@ -276,22 +412,12 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
                     "choices": [choice],
                 }
 
-            events = stream_events(prompts[0], settings, False, chunk)
+            events = stream_events(prompts[0], settings, False, chunk, "completions")
             return StreamingResponse(events, media_type="text/event-stream")
-        limit = max_prompt_tokens(ctx.model, ctx.tokenizer, settings.max_new_tokens)
-        with lock:
-            run = generate_texts(
-                ctx.model,
-                ctx.tokenizer,
-                prompts,
-                settings,
-                opts.batch_size,
-                add_special_tokens=True,
-                max_input_tokens=limit,
-            )
+        outputs = await generate(prompts, settings, False, "completions")
         choices = [
             {"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
-            for i, g in enumerate(run.outputs)
+            for i, g in enumerate(outputs)
         ]
         return {
             "id": rid,
@@ -299,11 +425,11 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
             "created": now,
             "model": opts.model_name,
             "choices": choices,
-            "usage": usage(sum(g.prompt_tokens for g in run.outputs), run.new_tokens),
+            "usage": usage(sum(g.prompt_tokens for g in outputs), sum(g.new_tokens for g in outputs)),
         }
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    def chat_completions(req: ChatRequest) -> Any:
+    async def chat_completions(req: ChatRequest) -> Any:
         check_model(req.model)
         need_generator()
         settings = settings_for(req)
@@ -326,19 +452,9 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
                     "choices": [choice],
                 }
 
-            return StreamingResponse(stream_events(prompt, settings, templated, chunk), media_type="text/event-stream")
-        limit = max_prompt_tokens(ctx.model, ctx.tokenizer, settings.max_new_tokens)
-        with lock:
-            run = generate_texts(
-                ctx.model,
-                ctx.tokenizer,
-                [prompt],
-                settings,
-                1,
-                add_special_tokens=not templated,
-                max_input_tokens=limit,
-            )
-        g = run.outputs[0]
+            events = stream_events(prompt, settings, templated, chunk, "chat")
+            return StreamingResponse(events, media_type="text/event-stream")
+        (g,) = await generate([prompt], settings, templated, "chat")
         return {
             "id": rid,
             "object": "chat.completion",
@@ -356,22 +472,27 @@ def create_app(ctx: Any, opts: ServeOptions) -> Any:
         }
 
     @app.post("/v1/predict", dependencies=[Depends(authorize)])
-    def predict(req: PredictRequest) -> dict:
-        from llmtune.inference.inputs import columns_of
-
+    async def predict(req: PredictRequest) -> dict:
         check_model(req.model)
         if not req.inputs:
             raise RequestError(400, "inputs must hold at least one row", "inputs")
         if req.threshold is not None and not 0 < req.threshold < 1:
             raise RequestError(400, f"threshold must be between 0 and 1, got {req.threshold}", "threshold")
         rows = [{"text": r} if isinstance(r, str) else r for r in req.inputs]
-        settings = PredictSettings(batch_size=opts.batch_size, all_scores=req.all_scores, threshold=req.threshold)
-        with lock:
-            try:
-                task.prepare_inference(ctx, columns_of(rows))
-            except LlmtuneError as exc:
-                raise RequestError(400, str(exc), "inputs") from None
-            records = predict_rows(ctx, rows, settings)
-        return {"object": "list", "model": opts.model_name, "task": task.name, "predictions": records}
+        queue, emit = channel()
+        job = PredictJob(rows, emit, (tuple(columns_of(rows)), req.all_scores, req.threshold))
+        try:
+            predictor.submit(job)
+        except QueueFull as exc:
+            metrics.request("predict", "rejected")
+            raise RequestError(429, str(exc), kind="rate_limit_error", code="rate_limit_exceeded") from None
+        kind, value = await queue.get()
+        if kind == "error":
+            metrics.request("predict", "error")
+            if isinstance(value, LlmtuneError):
+                raise RequestError(400, str(value), "inputs")
+            raise RequestError(500, f"prediction failed: {type(value).__name__}: {value}", kind="server_error")
+        metrics.request("predict", "ok")
+        return {"object": "list", "model": opts.model_name, "task": task.name, "predictions": value}
 
     return app
