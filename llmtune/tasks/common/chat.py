@@ -34,6 +34,19 @@ def chat_template_problem(tpl: str | None) -> str | None:
     return None
 
 
+def chat_data_problems(cfg: Any, task: str, instead: str, streaming: str = "") -> list[str]:
+    """The config checks every chat-data task shares: ``options.chat_template``, no streaming
+    (``streaming``: why, appended to the message), and no ``data.*_column`` keys (``instead``: the
+    task's own column options)."""
+    from llmtune.tasks.base import unused_data_columns
+
+    p = [problem] if (problem := chat_template_problem(cfg.options.chat_template)) else []
+    if cfg.data.streaming:
+        p.append(f"data.streaming is not supported by {task}{streaming}: drop it")
+    p.extend(unused_data_columns(cfg, task, instead))
+    return p
+
+
 def apply_chat_template_option(tokenizer: Any, wanted: str | None) -> bool:
     """Set ``options.chat_template`` on the tokenizer, or chatml when it has none (saved with the
     model, so inference renders chats the same way). True when chatml was the fallback."""

@@ -25,6 +25,10 @@ SKIP_REASONS = {
 }
 
 
+#: why pair tasks refuse data.streaming (for chat_data_problems)
+PAIRS_UP_FRONT = " (pairs are checked and counted up front)"
+
+
 def column_layout(ctx: RunContext, ds: Any) -> dict:
     """Which columns hold the pair: prompt (None: chosen/rejected are whole conversations), chosen, rejected."""
     from llmtune.data import column_names, pick_column

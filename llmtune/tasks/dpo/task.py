@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
-from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
+from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
+from llmtune.tasks.common.chat import apply_chat_template_option, chat_data_problems
 from llmtune.tasks.common.chunked_loss import check_run_model
-from llmtune.tasks.common.pairs import drop_bad_pairs
+from llmtune.tasks.common.pairs import PAIRS_UP_FRONT, drop_bad_pairs
 from llmtune.tasks.dpo.collator import PairCollator
 from llmtune.tasks.dpo.data import REF_COLUMNS, batch_encoder, column_layout
 from llmtune.tasks.dpo.loss import pair_metrics, rewards
@@ -59,12 +59,7 @@ class DPOTask(Task):
             )
         if o.reference_model and o.precompute_reference:
             p.append("set options.reference_model or options.precompute_reference, not both")
-        problem = chat_template_problem(o.chat_template)
-        if problem:
-            p.append(problem)
-        if cfg.data.streaming:
-            p.append("data.streaming is not supported by dpo (pairs are checked and counted up front): drop it")
-        p.extend(unused_data_columns(cfg, "dpo", "options.prompt_column/chosen_column/..."))
+        p.extend(chat_data_problems(cfg, "dpo", "options.prompt_column/chosen_column/...", PAIRS_UP_FRONT))
         return p
 
     # ---- tokenizer ----------------------------------------------------------------------------

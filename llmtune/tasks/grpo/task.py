@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
-from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem
+from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
+from llmtune.tasks.common.chat import apply_chat_template_option, chat_data_problems
 from llmtune.tasks.grpo.data import PromptCollator, batch_encoder, prompt_column
 from llmtune.tasks.grpo.options import LOSS_TYPES, GRPOOptions
 from llmtune.tasks.grpo.rewards import spec_problems
@@ -74,12 +74,7 @@ class GRPOTask(Task):
             except re.error as exc:
                 p.append(f"options.format_pattern is not a valid regular expression: {exc}")
         p.extend(spec_problems(list(o.rewards), o.reward_weights))
-        problem = chat_template_problem(o.chat_template)
-        if problem:
-            p.append(problem)
-        if cfg.data.streaming:
-            p.append("data.streaming is not supported by grpo: drop it")
-        p.extend(unused_data_columns(cfg, "grpo", "options.prompt_column / options.answer_column"))
+        p.extend(chat_data_problems(cfg, "grpo", "options.prompt_column / options.answer_column"))
         return p
 
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:

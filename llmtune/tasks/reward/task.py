@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split, unused_data_columns
-from llmtune.tasks.common.chat import apply_chat_template_option, chat_template_problem, normalize_messages, render
-from llmtune.tasks.common.pairs import PROMPT_COLUMNS, column_layout, drop_bad_pairs, is_hh, parse_hh
+from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
+from llmtune.tasks.common.chat import apply_chat_template_option, chat_data_problems, normalize_messages, render
+from llmtune.tasks.common.pairs import PAIRS_UP_FRONT, PROMPT_COLUMNS, column_layout, drop_bad_pairs, is_hh, parse_hh
 from llmtune.tasks.reward.data import RewardCollator, batch_encoder, sequence_scores
 from llmtune.tasks.reward.options import RewardOptions
 
@@ -39,12 +39,7 @@ class RewardTask(Task):
         from llmtune.modeling import from_config_problems
 
         p = from_config_problems(cfg)
-        problem = chat_template_problem(cfg.options.chat_template)
-        if problem:
-            p.append(problem)
-        if cfg.data.streaming:
-            p.append("data.streaming is not supported by reward (pairs are checked and counted up front): drop it")
-        p.extend(unused_data_columns(cfg, "reward", "options.prompt_column/chosen_column/..."))
+        p.extend(chat_data_problems(cfg, "reward", "options.prompt_column/chosen_column/...", PAIRS_UP_FRONT))
         return p
 
     def load_tokenizer(self, ctx: RunContext, **kwargs: Any) -> Any:
