@@ -231,6 +231,10 @@ class TrainArgs:
     group_by_length: bool = True
     # How many batches are sorted by length together (more: less padding, less random batches).
     group_by_length_batches: int = bounded(4, ge=1)
+    # The first epoch starts with this many batches of the longest rows (longest first), so a run
+    # that runs out of memory does so in its first steps, not hours in; `estimate --measure` uses
+    # it so that its few steps hold the longest rows. 0 = off. Needs a dataset of known length.
+    longest_first: int = bounded(0, ge=0)
     dataloader_num_workers: int = bounded(0, ge=0)
     # Page-locked host batches for faster host-to-GPU copies; None = on when a CUDA GPU is used.
     dataloader_pin_memory: bool | None = None
@@ -667,6 +671,8 @@ def validate_config(
         p.append(f"train.report_to: {', '.join(unknown)} unknown; integrations: none, all, {', '.join(REPORT_TO)}")
     if d.streaming and t.max_steps <= 0:
         p.append("data.streaming needs train.max_steps (--max-steps): a stream has no known length")
+    if d.streaming and t.longest_first:
+        p.append("train.longest_first needs a dataset of known length: drop it with data.streaming")
     p.extend(peft_problems(cfg))
     if task is not None:
         p.extend(task.validate(cfg))

@@ -580,7 +580,10 @@ def measure_plan(req: Request, target: Target, output_dir: str) -> tuple[list[st
     if asked == "mixed":
         asked = "auto" if device == "cuda" else "bf16"  # 16-bit autocast: bf16 where the GPU has it, CPU autocast
     precision = hardware.resolve_precision(asked)
-    for item in (*sets, f"train.precision={precision}"):
+    # the longest rows first, so that the few steps measured are as long as the estimate assumes
+    # (packed blocks end in a partial block that a plain shuffle may put among them)
+    longest = [] if cfg.data.streaming else [f"train.longest_first={steps}"]
+    for item in (*sets, *longest, f"train.precision={precision}"):
         args += ["--set", item]
     return args, cfg, device, precision
 

@@ -39,6 +39,7 @@ def llmtune_trainer(base: type) -> type:
 
     class LlmtuneTrainer(AtomicCheckpointMixin, base):  # type: ignore[misc, valid-type]
         length_group_batches = 4  # train.group_by_length_batches
+        longest_first = 0  # train.longest_first
         loss_chunk_size: int | None = None  # train.loss_chunk_size
         # The task's eval step (Task.eval_step): reduces each batch to what metrics need.
         eval_step: Any = None
@@ -152,7 +153,8 @@ def llmtune_trainer(base: type) -> type:
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
+            grouped = self.args.train_sampling_strategy == "group_by_length"
+            if not (grouped or self.longest_first) or not hasattr(dataset, "__len__"):
                 return super()._get_train_sampler(train_dataset)
             # The Trainer drops columns the model does not take (``length`` among them) before asking
             # for a sampler; the rows are the same, so read lengths from the full training set.
@@ -167,8 +169,9 @@ def llmtune_trainer(base: type) -> type:
             self._length_sampler = LengthGroupedSampler(
                 lengths,
                 args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
-                self.length_group_batches,
+                self.length_group_batches if grouped else 0,
                 args.data_seed if args.data_seed is not None else args.seed,
+                longest_first=self.longest_first,
             )
             return self._length_sampler
 
@@ -398,13 +401,29 @@ def length_grouped_indices(lengths: list[int], batch_size: int, group_batches: i
     return [i for b in [*(batches[o] for o in order), *tail] for i in b]
 
 
+def longest_batches_first(order: list[int], lengths: list[int], batch_size: int, count: int) -> list[int]:
+    """``order`` with the ``count`` batches of longest rows (longest row, then most tokens) moved to
+    the front, longest first; the other batches keep their order and a partial batch stays last."""
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    size = [(max(lengths[i] for i in b), sum(lengths[i] for i in b)) for b in batches]
+    first = sorted(range(len(batches)), key=lambda b: size[b], reverse=True)[: max(0, count)]
+    chosen = set(first)
+    rest = [b for k, b in enumerate(batches) if k not in chosen]
+    return [i for b in [*(batches[k] for k in first), *rest, *tail] for i in b]
+
+
 class LengthGroupedSampler:
-    """Length-grouped training order, reseeded from (seed, epoch): the same batches whatever the
-    number of processes (``batch_size`` is the global batch), and a resumed run replays its epoch.
+    """Llmtune's training order, reseeded from (seed, epoch): the same batches whatever the number
+    of processes (``batch_size`` is the global batch), and a resumed run replays its epoch.
+    ``group_batches`` > 0: length-grouped (:func:`length_grouped_indices`), 0: a plain shuffle.
+    ``longest_first``: in the first epoch, that many batches of the longest rows come first
+    (:func:`longest_batches_first`), so a run's peak memory shows in its first steps.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, group_batches: int, seed: int):
+    def __init__(self, lengths: list[int], batch_size: int, group_batches: int, seed: int, longest_first: int = 0):
         self.lengths, self.batch_size, self.group_batches, self.seed = lengths, batch_size, group_batches, seed
+        self.longest_first = longest_first
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by Trainer/accelerate before each epoch
@@ -417,7 +436,13 @@ class LengthGroupedSampler:
         import torch
 
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(length_grouped_indices(self.lengths, self.batch_size, self.group_batches, generator))
+        if self.group_batches > 0:
+            order = length_grouped_indices(self.lengths, self.batch_size, self.group_batches, generator)
+        else:
+            order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if self.longest_first and self.epoch == 0:
+            order = longest_batches_first(order, self.lengths, self.batch_size, self.longest_first)
+        return iter(order)
 
 
 def training_arguments(cfg: RunConfig, task: Task, output_dir: Path, has_eval: bool, ctx: RunContext) -> Any:
@@ -522,6 +547,7 @@ def build_trainer(ctx: RunContext, task: Task, output_dir: Path, datasets: dict,
     # The resolved config goes into every checkpoint, inside the atomic save.
     trainer.checkpoint_writers = [lambda folder: ctx.saved_config().save(folder)]
     trainer.length_group_batches = cfg.train.group_by_length_batches
+    trainer.longest_first = cfg.train.longest_first
     trainer.eval_data_collator = task.eval_collator(ctx)
     return trainer
 

@@ -169,6 +169,10 @@ def make_cases():
     def _(d, m):
         return c(["--dataset", good_csv(d), "--set", "data.streaming=true", "--max-steps", "-1"])
 
+    @add("longest-first-on-a-stream", "train.longest_first needs a dataset of known length")
+    def _(d, m):
+        return c(["--dataset", good_csv(d), "--set", "data.streaming=true", "--set", "train.longest_first=2"])
+
     @add("resume-and-overwrite", "--resume and --overwrite conflict")
     def _(d, m):
         return c(["--dataset", good_csv(d), "--resume", "auto"])

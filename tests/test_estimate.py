@@ -168,6 +168,7 @@ def test_measure_prints_the_estimate_next_to_the_measured_peak(recipe, cli, tmp_
     assert f"llmtune {'pretrain' if recipe == 'clm-smoke' else 'finetune'} --recipe {recipe} --max-steps 2" in (
         result.output
     )
+    assert "--set train.longest_first=2" in result.output  # the steps measured take the longest rows
     rows = measured_rows(result.output)
     states = "  of which gradients + AdamW states"
     assert set(rows) == {"training step peak", "added by training", states, "whole run, peak resident memory"}

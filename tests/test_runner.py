@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmtune.metrics import classification_loss
-from llmtune.trainer import LengthGroupedSampler, length_grouped_indices
+from llmtune.trainer import LengthGroupedSampler, length_grouped_indices, longest_batches_first
 
 
 def test_length_grouped_indices_is_a_permutation_with_homogeneous_batches():
@@ -40,6 +40,33 @@ def test_sampler_reseeds_per_epoch():
     assert list(sampler) == first
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
+def test_longest_batches_first_moves_only_the_longest_batches():
+    # packed blocks: all full (8) but two partial ones (3, 5), as clm packing leaves them
+    lengths = [8] * 10 + [3, 5]
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()
+    moved = longest_batches_first(order, lengths, 2, 3)
+    assert sorted(moved) == list(range(12))
+    assert all(lengths[i] == 8 for i in moved[:6])  # the first three batches hold no partial block
+    batches = [order[k : k + 2] for k in range(0, 12, 2)]
+    rest = [b for b in batches if b not in [moved[k : k + 2] for k in range(0, 6, 2)]]
+    assert [moved[k : k + 2] for k in range(6, 12, 2)] == rest  # the others keep their order
+    # longest first; the partial batch (an odd count) stays last
+    assert longest_batches_first([0, 1, 2, 3, 4], [1, 2, 9, 4, 7], 2, 1) == [2, 3, 0, 1, 4]
+
+
+def test_sampler_longest_first_applies_to_the_first_epoch_only():
+    lengths = [4] * 30 + [1] * 34  # many short rows: a plain shuffle starts with some of them
+    plain = LengthGroupedSampler(lengths, 4, 0, seed=0)
+    assert any(lengths[i] == 1 for i in list(plain)[:8])
+    sampler = LengthGroupedSampler(lengths, 4, 0, seed=0, longest_first=2)
+    first = list(sampler)
+    assert sorted(first) == list(range(64))
+    sums = sorted((sum(lengths[i] for i in list(plain)[k : k + 4]) for k in range(0, 64, 4)), reverse=True)
+    assert sum(lengths[i] for i in first[:8]) == sums[0] + sums[1] > sum(lengths[i] for i in list(plain)[:8])
+    sampler.set_epoch(1)
+    assert list(sampler) == list(LengthGroupedSampler(lengths, 4, 0, seed=1))  # epoch 1: plain order
 
 
 @pytest.mark.parametrize("problem", ["single_label", "multi_label", "regression"])
