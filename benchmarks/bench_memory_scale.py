@@ -7,7 +7,8 @@ package's GGUF). Random weights change no memory figure.
 
 Each case is ``llmtune estimate --model DIR --task clm ... --measure``'s own code path: the
 estimate, then a real ``llmtune pretrain --objective clm`` child process for a few optimizer steps
-on full rows of ``--seq`` tokens (WikiText-2 text), batch 1, fp32. Measured, per case:
+on full rows of ``--seq`` tokens (WikiText-2 text; ``train.longest_first`` keeps packing's partial
+last block out of the steps measured), batch 1, fp32. Measured, per case:
 
 - peak resident memory of the whole child process from outside (``wait4``'s ``ru_maxrss``);
 - the training steps' peak resident memory (sampled inside, llmtune.memory);
@@ -257,7 +258,8 @@ def write(rows: dict, results: Path, write_md: bool) -> str:
             "`python benchmarks/bench_memory_scale.py` - every case is `llmtune estimate --model DIR --task clm "
             "--batch-size 1 --seq-len S --precision fp32 [--gradient-checkpointing] [--lora-r 16 --lora-targets "
             "<all 7 linear layers>] --measure --measure-steps 2 [--set train.loss_chunk_size=1024]`'s own code path: "
-            "a real `llmtune pretrain --objective clm` child for 2 AdamW steps on full rows of WikiText-2 text. "
+            "a real `llmtune pretrain --objective clm` child for 2 AdamW steps on full rows of WikiText-2 text "
+            "(the longest batches first: `train.longest_first`). "
             "Models built from config with random weights, shaped as SmolLM2-135M/360M (Llama, vocabulary 49,152) "
             "and Qwen2.5-0.5B (qwen2, vocabulary 151,936); all embeddings tied as in those models. LoRA: llmtune's "
             "defaults (alpha 32, dropout as in the table's notes). Peak RSS of the whole process from outside "
