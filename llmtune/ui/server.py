@@ -171,7 +171,9 @@ def create_app(runs_dir: Path, token: str | None = None) -> Any:
     def add(req: PathRequest) -> dict:
         text = req.path.strip()
         path = Path(text).expanduser()
-        rel = relative(root, path) if path.is_absolute() and _under(path, root) else text
+        if path.is_absolute() and not _under(path, root):
+            raise OutsideRunsDir(f"{text} is outside the runs directory {root}: only folders inside it can be added")
+        rel = relative(root, path) if path.is_absolute() else text
         folder = inside(root, rel)
         if not folder.is_dir():
             raise LlmtuneError(f"{text} is not a folder")
