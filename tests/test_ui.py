@@ -16,10 +16,10 @@ import yaml
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from llmtune.ui.server import create_app  # noqa: E402
-from tests.run_utils import env  # noqa: E402
+from llmtune.ui.server import create_app
+from tests.run_utils import env
 
 
 def make_run(folder: Path, task: str = "sentiment", status: str = "finished", pid: int | None = None, **extra) -> Path:
@@ -126,13 +126,17 @@ def test_launch_form_comes_from_the_typed_config(client):
     fields = {f["key"]: f for fs in form["sections"].values() for f in fs}
     assert fields["train.learning_rate"]["value"] == 1e-4  # the recipe's value
     assert fields["train.learning_rate"]["bounds"]["gt"] == 0
-    assert fields["train.warmup_ratio"]["bounds_text"] == "between 0 and 1" or "< 1" in fields["train.warmup_ratio"]["bounds_text"]
+    assert (
+        fields["train.warmup_ratio"]["bounds_text"] == "between 0 and 1"
+        or "< 1" in fields["train.warmup_ratio"]["bounds_text"]
+    )
     assert "cosine" in fields["train.lr_scheduler"]["choices"]
     assert "train.output_dir" not in fields  # set by the launch (RUNS/NAME)
     ok = client.post("/api/check", json={"recipe": "sentiment-demo", "values": {"train.epochs": "2"}}).json()
     assert ok["ok"] and "epochs: 2" in ok["yaml"]
     bad = client.post(
-        "/api/check", json={"recipe": "sentiment-demo", "values": {"train.learning_rate": "-1", "train.batch_size": "x"}}
+        "/api/check",
+        json={"recipe": "sentiment-demo", "values": {"train.learning_rate": "-1", "train.batch_size": "x"}},
     ).json()
     assert not bad["ok"]
     by_key = {p["key"]: p["message"] for p in bad["problems"]}

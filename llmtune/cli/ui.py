@@ -41,7 +41,9 @@ def ui(
         c.fail("llmtune ui needs FastAPI and uvicorn: pip install 'llmtune[ui]'")
     root = Path(runs_dir).expanduser()
     if not root.is_dir():
-        c.fail(f"--runs-dir {runs_dir} is not a folder: create it (mkdir -p {runs_dir}) or pass the folder your runs are in")
+        c.fail(
+            f"--runs-dir {runs_dir} is not a folder: create it (mkdir -p {runs_dir}) or pass the folder your runs are in"
+        )
     if not 0 < port < 65536:
         c.fail(f"--port must be in 1..65535, got {port}")
     if host not in LOOPBACK and not token:

@@ -181,10 +181,18 @@ class Launcher:
         """Check like ``--dry-run``, then start ``llmtune finetune|pretrain --recipe R --output-dir
         RUNS/NAME --set k=v ...``."""
         if not _NAME_RE.match(name or ""):
-            return {"ok": False, "problems": [{"key": "name", "message": f"run name {name!r}: use letters, digits, '.', '_' or '-'"}]}
+            return {
+                "ok": False,
+                "problems": [{"key": "name", "message": f"run name {name!r}: use letters, digits, '.', '_' or '-'"}],
+            }
         folder = self.root / name
         if folder.exists() or self._busy(name):
-            return {"ok": False, "problems": [{"key": "name", "message": f"{name} already exists in the runs directory: pick another name"}]}
+            return {
+                "ok": False,
+                "problems": [
+                    {"key": "name", "message": f"{name} already exists in the runs directory: pick another name"}
+                ],
+            }
         checked = check(recipe, values)
         if not checked["ok"]:
             return checked
@@ -204,13 +212,13 @@ class Launcher:
         import socket
 
         pid = status.get("pid")
-        if status.get("status") in ("running", "training-done") and status.get("host") == socket.gethostname():
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    return {"ok": True, "pid": pid}
-                except ProcessLookupError:
-                    pass
+        here = status.get("host") == socket.gethostname()
+        if status.get("status") in ("running", "training-done") and here and isinstance(pid, int) and pid > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)  # a run started elsewhere on this machine (its run_status.json pid)
+                return {"ok": True, "pid": pid}
+            except ProcessLookupError:
+                pass
         return {"ok": False, "error": f"{rid} is not running"}
 
     def resume(self, rid: str, folder: Path, task: str) -> dict:

@@ -199,7 +199,7 @@ async function viewRun(view, id) {
   const head = el("div", { class: "toolbar" });
   const body = el("div");
   view.append(head, body);
-  let tab = "overview", last = null, predsLoaded = false;
+  let tab = "overview", last = null, predsLoaded = false, lastKey = null;
   const panes = {};
   const tabs = el("div", { class: "tabs" });
   for (const [name, label] of [["overview", "Overview"], ["predictions", "Predictions"], ["config", "Config"], ["card", "Model card"], ["log", "Launch log"]]) {
@@ -232,9 +232,13 @@ async function viewRun(view, id) {
     let d = null, err = null;
     try { d = await api(runUrl(id)); } catch (e) { err = e.message; }
     const logData = await api(runUrl(id, "/log")).catch(() => null);
+    const key = JSON.stringify([d, err, logData]);
+    if (key === lastKey) return;  // nothing changed: keep the page as it is (no flicker, no lost scroll)
+    lastKey = key;
     const launched = (d && d.launched) || (logData && logData.launched);
     const status = d ? d.status : (launched ? (launched.running ? "starting" : "failed") : "unknown");
-    const running = status === "running" || status === "starting";
+    // a stopped run's process still saves and exits after its status says "stopped": not resumable yet
+    const running = status === "running" || status === "starting" || !!(launched && launched.running);
     head.replaceChildren(
       el("h2", { id: "run-title", style: "margin:0" }, id), el("span", { id: "run-status" }, badge(status)),
       d ? el("span", { class: "muted" }, d.task + " · " + (d.summary.model || "")) : null,
