@@ -191,9 +191,10 @@ def test_launch_watch_and_inspect_a_run(ui, browser, shots):
     assert wrong, "a 6-step run classifies every row right: nothing to highlight"
     first = rows[: len(wrong)]  # errors first, highlighted
     assert all(r.get_attribute("data-error") == "1" and "err" in r.get_attribute("class") for r in first)
+    browser.save_screenshot(str(shots / "predictions.png"))
     browser.find_element(By.ID, "pred-filter").send_keys(wrong[0]["text"][:30])
     wait(browser, 5, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pred-table tbody tr")) < len(rows))
-    browser.save_screenshot(str(shots / "predictions.png"))
+    assert wrong[0]["text"][:30] in browser.find_element(By.ID, "pred-table").text
 
 
 def test_stop_a_running_run_and_resume_it(ui, browser, shots):
@@ -211,8 +212,8 @@ def test_stop_a_running_run_and_resume_it(ui, browser, shots):
     wait(browser, 60, lambda d: d.find_element(By.ID, "resume-btn").is_enabled())  # once the process has exited
     browser.find_element(By.ID, "resume-btn").click()
     wait_finished(browser, 300)
-    text = browser.find_element(By.ID, "launch-log").get_attribute("textContent")
-    assert "--resume auto" in text
+    log_text = (runs / ".llmtune-ui" / "stopme.log").read_text()  # the launch log: both commands' output
+    assert "--resume auto" in log_text and "resuming from" in log_text and "/stopme/checkpoint-" in log_text
     steps = [json.loads(line).get("step") for line in log.read_text().splitlines()]
     assert max(s for s in steps if isinstance(s, int)) == 10
 

@@ -8,7 +8,7 @@ import typer
 
 from llmtune.cli import _common as c
 from llmtune.cli.app import app
-from llmtune.cli.serve import LOOPBACK, check_port
+from llmtune.cli.serve import LOOPBACK, check_port, run_server
 
 
 @app.command()
@@ -17,10 +17,8 @@ def ui(
     runs_dir: Annotated[
         str, typer.Option("--runs-dir", help="Folder holding the run folders; launched runs go here too.")
     ] = "outputs",
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (loopback by default: only this machine).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
+    host: c.Host = "127.0.0.1",
+    port: c.Port = 7860,
     token: Annotated[
         Optional[str],
         typer.Option(
@@ -34,7 +32,7 @@ def ui(
     from pathlib import Path
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (run_server's)
 
         from llmtune.ui.server import create_app
     except ImportError:
@@ -55,10 +53,4 @@ def ui(
     shown = "localhost" if host in LOOPBACK else host
     suffix = "/?token=<your token>" if token else "/"
     typer.echo(f"llmtune ui: runs in {root.resolve()} on http://{shown}:{port}{suffix}  (Ctrl-C stops)", err=True)
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        log_level="debug" if c.debug_enabled() else "warning",
-        access_log=c.debug_enabled(),
-    )
+    run_server(application, host, port)
