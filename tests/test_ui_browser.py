@@ -123,12 +123,9 @@ def status_of(driver) -> str:
 
 
 def launch_form(driver, url: str, recipe: str, name: str, values: dict[str, str]) -> None:
-    driver.get(url + "/#/launch")
+    driver.get(url + f"/#/launch?recipe={recipe}")
     driver.refresh()  # a fresh form even when the page already showed it
-    select = wait(driver, 20, lambda d: d.find_element(By.ID, "recipe-select"))
-    Select(select).select_by_value(recipe)
-    wait(driver, 20, lambda d: d.find_element(By.ID, "recipe-desc").text)
-    wait(driver, 20, lambda d: d.find_elements(By.ID, "f-train.max_steps"))
+    wait(driver, 30, lambda d: d.find_element(By.ID, "launch-form").get_attribute("data-recipe") == recipe)
     for key, value in values.items():
         field = driver.find_element(By.ID, f"f-{key}")
         if field.tag_name == "select":
@@ -259,3 +256,72 @@ def test_screenshots_were_written(shots):
     names = {p.name for p in shots.glob("*.png")}
     assert {"launch.png", "run.png", "predictions.png", "runs.png", "compare.png", "chat.png"} <= names
     assert all(p.stat().st_size > 5000 for p in shots.glob("*.png"))
+
+
+def test_predict_box_for_a_classifier(ui, browser, shots):
+    url, _ = ui
+    browser.get(url + "/#/try/demo")
+    browser.refresh()
+    wait(browser, 20, lambda d: d.find_element(By.ID, "try-run").get_attribute("value") == "demo")
+    browser.find_element(By.ID, "try-load").click()
+    box = wait(browser, 120, lambda d: d.find_elements(By.ID, "predict-input"))[0]
+    box.send_keys("What a wonderful, friendly place.\nThe worst service I have ever had.")
+    browser.find_element(By.ID, "predict-btn").click()
+    rows = wait(browser, 60, lambda d: d.find_elements(By.CSS_SELECTOR, "#predict-out tbody tr"))
+    assert len(rows) == 2 and all(("positive" in r.text or "negative" in r.text) for r in rows)
+    browser.save_screenshot(str(shots / "predict.png"))
+
+
+def test_predictions_browser_fits_each_task(ui, browser, shots):
+    """NER entities, QA spans, ASR audio, preference pairs: rows as llmtune writes them."""
+    from tests.test_ui import make_run
+
+    url, runs = ui
+    clip = runs / "clips" / "a.wav"
+    clip.parent.mkdir()
+    clip.write_bytes(b"RIFF")
+    tokens = ["Ada", "Lovelace", "visited", "London", "today"]
+    make_run(runs / "ner-run", task="ner", predictions=[
+        {"tokens": tokens, "reference": ["B-PER", "I-PER", "O", "B-LOC", "O"], "prediction": ["B-PER", "I-PER", "O", "O", "O"]},
+        {"tokens": ["hello"], "reference": ["O"], "prediction": ["O"]},
+    ])  # fmt: skip
+    make_run(runs / "qa-run", task="qa", predictions=[
+        {"id": "q1", "question": "Where?", "context": "She lives in Paris near the river.", "answers": ["Paris"], "prediction": "the river", "score": 3.2},
+    ])  # fmt: skip
+    make_run(runs / "asr-run", task="asr", predictions=[
+        {"audio": str(clip), "reference": "one two", "hypothesis": "one too", "wer": 0.5},
+        {"audio": "/etc/passwd", "reference": "x", "hypothesis": "x", "wer": 0.0},
+    ])  # fmt: skip
+    make_run(runs / "dpo-run", task="dpo", predictions=[
+        {"row": 0, "chosen_reward": 0.4, "rejected_reward": -0.1, "correct": True},
+        {"row": 1, "chosen_reward": -0.2, "rejected_reward": 0.3, "correct": False},
+    ])  # fmt: skip
+
+    def rows_of(rid: str):
+        browser.get(url + f"/#/run/{rid}")
+        browser.refresh()
+        wait(browser, 20, lambda d: d.find_element(By.ID, "tab-predictions")).click()
+        return wait(browser, 20, lambda d: d.find_elements(By.CSS_SELECTOR, "#pred-table tbody tr"))
+
+    ner = rows_of("ner-run")
+    assert ner[0].get_attribute("data-error") == "1"
+
+    def spans(selector: str) -> list[tuple]:
+        return [
+            (e.get_attribute("data-text"), e.get_attribute("data-type"))
+            for e in ner[0].find_elements(By.CSS_SELECTOR, selector)
+        ]
+
+    # reference line: two entities; predicted line: one; London (LOC vs O) outlined on both lines
+    assert spans(".tok.ent") == [("Ada Lovelace", "PER"), ("London", "LOC"), ("Ada Lovelace", "PER")]
+    assert spans(".tok.diff") == [("London", "LOC"), ("London", None)]
+    browser.save_screenshot(str(shots / "predictions-ner.png"))
+    (qa,) = rows_of("qa-run")
+    assert qa.find_element(By.CSS_SELECTOR, "td mark.ref").text == "Paris"
+    assert [m.text for m in qa.find_elements(By.CSS_SELECTOR, "td:nth-child(2) mark")] == ["Paris", "the river"]
+    asr = rows_of("asr-run")
+    audio = asr[0].find_elements(By.TAG_NAME, "audio")
+    assert audio and audio[0].get_attribute("src").endswith("/api/file/clips/a.wav")
+    assert not asr[1].find_elements(By.TAG_NAME, "audio")  # a clip outside the runs dir is not served
+    dpo = rows_of("dpo-run")
+    assert dpo[0].get_attribute("data-error") == "1" and "-0.2000" in dpo[0].text  # the pair ranked wrong first

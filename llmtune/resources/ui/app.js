@@ -306,9 +306,10 @@ function nerLine(tokens, tags, other) {
     const s = at.get(i);
     if (s) {
       const diff = tags.slice(s.start, s.end + 1).some((t, j) => t !== other[s.start + j]);
-      line.append(el("span", { class: "tok ent" + (diff ? " diff" : "") }, tokens.slice(s.start, s.end + 1).join(" "), el("span", { class: "tag" }, s.type)));
+      const words = tokens.slice(s.start, s.end + 1).join(" ");
+      line.append(el("span", { class: "tok ent" + (diff ? " diff" : ""), "data-text": words, "data-type": s.type }, words, el("span", { class: "tag" }, s.type)));
       i = s.end + 1;
-    } else { line.append(el("span", { class: "tok" + (tags[i] !== other[i] ? " diff" : "") }, tokens[i])); i += 1; }
+    } else { line.append(el("span", { class: "tok" + (tags[i] !== other[i] ? " diff" : ""), "data-text": tokens[i] }, tokens[i])); i += 1; }
   }
   return line;
 }
@@ -463,6 +464,7 @@ async function viewLaunch(view, preset) {
     }
     if (preset) { for (const [k, v] of Object.entries(preset)) { const i = document.getElementById("f-" + k); if (i) i.value = v; } }
     clearErrors(); preview.classList.add("hidden"); msg.textContent = "";
+    form.dataset.recipe = f.recipe;  // loaded (tests wait for it)
   }
   function values() {
     const out = {};
@@ -505,7 +507,7 @@ async function viewLaunch(view, preset) {
   }
   select.addEventListener("change", () => { preset = null; load(); });
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  if (params.get("recipe")) select.value = params.get("recipe");
+  select.value = params.get("recipe") || (recipes.some(r => r.name === "sentiment-demo") ? "sentiment-demo" : recipes[0].name);
   await load();
 }
 
