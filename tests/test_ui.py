@@ -159,6 +159,17 @@ def test_token_guards_every_route(runs):
         assert c.get("/?token=wrong").status_code == 401
 
 
+def test_loopback_ui_refuses_other_host_names(runs):
+    """DNS rebinding: a page of another site whose name now points at 127.0.0.1 sends its own Host."""
+    from llmtune.ui.server import LOOPBACK_NAMES
+
+    with TestClient(create_app(runs, hosts=LOOPBACK_NAMES), base_url="http://127.0.0.1:7860") as c:
+        assert c.get("/api/runs").status_code == 200
+        assert c.get("/api/runs", headers={"host": "localhost:7860"}).status_code == 200
+        refused = c.get("/api/runs", headers={"host": "evil.example:7860"})
+        assert refused.status_code == 403 and "evil.example" in refused.json()["error"]
+
+
 def _ui(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "llmtune", "ui", *args], capture_output=True, text=True, env=env(), cwd=cwd, timeout=60

@@ -34,7 +34,7 @@ def ui(
     try:
         import uvicorn  # noqa: F401  (run_server's)
 
-        from llmtune.ui.server import create_app
+        from llmtune.ui.server import LOOPBACK_NAMES, create_app
     except ImportError:
         c.fail("llmtune ui needs FastAPI and uvicorn: pip install 'llmtune[ui]'")
     root = Path(runs_dir).expanduser()
@@ -49,7 +49,7 @@ def ui(
     if token is not None and len(token) < 8:
         c.fail("--token must be at least 8 characters")
     check_port(host, port)
-    application = create_app(root, token)
+    application = create_app(root, token, LOOPBACK_NAMES if host in LOOPBACK else None)
     shown = "localhost" if host in LOOPBACK else host
     suffix = "/?token=<your token>" if token else "/"
     typer.echo(f"llmtune ui: runs in {root.resolve()} on http://{shown}:{port}{suffix}  (Ctrl-C stops)", err=True)

@@ -92,7 +92,14 @@ class RunRequest(BaseModel):
     run: str
 
 
-def create_app(runs_dir: Path, token: str | None = None) -> Any:
+#: Host header names a loopback-only UI answers to (a page of another site that rebinds its DNS
+#: name to 127.0.0.1 sends its own name: refused)
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def create_app(runs_dir: Path, token: str | None = None, hosts: frozenset[str] | None = None) -> Any:
+    """The app for ``runs_dir``; ``token``: required on every request; ``hosts``: the Host header
+    names accepted (None: any)."""
     root = Path(runs_dir).resolve()
     launcher = Launcher(root)
     slot = TrySlot()
@@ -109,6 +116,10 @@ def create_app(runs_dir: Path, token: str | None = None) -> Any:
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
+        if hosts is not None and request.url.hostname not in hosts:
+            return JSONResponse(
+                {"error": f"host {request.url.hostname!r} refused: open the page as http://localhost:PORT/"}, 403
+            )
         if token is None:
             return await call_next(request)
         given = request.headers.get(HEADER) or request.cookies.get(COOKIE) or ""
