@@ -83,6 +83,26 @@ def test_runs_lists_every_run_folder_with_status(client):
     assert rows["a"]["wall"] == "01:00"
 
 
+def test_runs_table_rereads_only_changed_folders(runs):
+    from llmtune.ui.runs import RunTable
+
+    table = RunTable(runs)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        make_run(runs / "live", status="running", pid=sleeper.pid)
+        first = {r["id"]: r for r in table.rows()}
+        assert first["live"]["status"] == "running" and first["a"]["best"] == 0.75
+        log = runs / "a" / "training_log.jsonl"
+        log.write_text(log.read_text() + json.dumps({"step": 12, "eval_loss": 0.3, "eval_accuracy": 0.9}) + "\n")
+        sleeper.kill()
+        sleeper.wait()
+        second = {r["id"]: r for r in table.rows()}
+        assert second["a"]["best"] == 0.9 and second["a"]["best_step"] == 12  # its log changed: read again
+        assert second["live"]["status"] == "killed"  # files unchanged, process gone: status checked again
+    finally:
+        sleeper.kill()
+
+
 def test_run_page_compare_and_predictions(client):
     page = client.get("/api/run/a").json()
     assert page["series"]["train_step"] == list(range(1, 11))

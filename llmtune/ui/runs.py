@@ -18,8 +18,8 @@ from llmtune.outputs import METRICS_FILE, RUN_STATUS_FILE, TRAINING_LOG_FILE
 
 #: a folder holding one of these (and the config) is a run
 RUN_MARKERS = (RUN_STATUS_FILE, METRICS_FILE, TRAINING_LOG_FILE)
-#: folders never searched for runs (checkpoints, TensorBoard events, the UI's own launch logs)
-_SKIP_PREFIXES = ("checkpoint-", ".", "runs", "__")
+#: folders never searched for runs (checkpoints, hidden ones such as the UI's launch logs)
+_SKIP_PREFIXES = ("checkpoint-", ".", "__")
 MAX_DEPTH = 4
 #: predictions sent to the page at most (the file can be far larger)
 MAX_PREDICTIONS = 5000
@@ -122,16 +122,52 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def list_runs(root: Path, extra: set[str] | None = None) -> list[dict]:
-    from llmtune.report import load_run
-
-    rows = []
-    for folder in discover(root, extra):
+def _files_key(folder: Path) -> tuple:
+    """What a run row depends on: size and mtime of the run's files (and its checkpoints' names)."""
+    key: list = []
+    for name in (CONFIG_FILENAME, *RUN_MARKERS):
         try:
-            rows.append(run_row(root, load_run(folder)))
-        except LlmtuneError:
-            continue  # a folder half-written this instant: it shows on the next poll
-    return rows
+            st = (folder / name).stat()
+            key.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            key.append(None)
+    if not (folder / TRAINING_LOG_FILE).exists():  # history then comes from the checkpoints
+        key.append(tuple(sorted(p.name for p in folder.glob("checkpoint-*"))))
+    return tuple(key)
+
+
+class RunTable:
+    """The runs table, read again only for the folders whose files changed since the last poll
+    (the page polls every 2 s; 200 unchanged runs are then 200 stat calls, not 200 parses).
+    The status of a "running" run is checked on every poll: its process may be gone."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cache: dict[Path, tuple[tuple, Any, dict]] = {}
+
+    def rows(self, extra: set[str] | None = None) -> list[dict]:
+        from llmtune.report import _status, load_run
+
+        rows, seen = [], set()
+        for folder in discover(self.root, extra):
+            seen.add(folder)
+            key = _files_key(folder)
+            hit = self.cache.get(folder)
+            if hit is not None and hit[0] == key:
+                _, run, row = hit
+                run.status = _status(run)
+                rows.append({**row, "status": run.status})
+                continue
+            try:
+                run = load_run(folder)
+            except LlmtuneError:
+                continue  # a folder half-written this instant: it shows on the next poll
+            row = run_row(self.root, run)
+            self.cache[folder] = (key, run, row)
+            rows.append(dict(row))
+        for gone in set(self.cache) - seen:
+            del self.cache[gone]
+        return rows
 
 
 def series_json(run: Any) -> dict:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from llmtune.errors import LlmtuneError
 from llmtune.ui.launcher import Launcher
-from llmtune.ui.runs import OutsideRunsDir, inside, is_run, relative
+from llmtune.ui.runs import OutsideRunsDir, RunTable, inside, is_run, relative
 
 COOKIE = "llmtune_ui_token"
 HEADER = "x-llmtune-token"
@@ -104,6 +104,7 @@ def create_app(runs_dir: Path, token: str | None = None, hosts: frozenset[str] |
     launcher = Launcher(root)
     slot = TrySlot()
     extra: set[str] = set()
+    table = RunTable(root)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -165,10 +166,8 @@ def create_app(runs_dir: Path, token: str | None = None, hosts: frozenset[str] |
     # ---- runs -------------------------------------------------------------------------------
     @app.get("/api/runs")
     def runs() -> dict:
-        from llmtune.ui.runs import list_runs
-
         launched = launcher.poll()
-        rows = list_runs(root, extra)
+        rows = table.rows(extra)
         ids = {r["id"] for r in rows}
         for row in rows:
             row["launched"] = launched.get(row["id"])

@@ -100,7 +100,7 @@ function chart(title, lines, opts) {
     lab.textContent = fmt(t).replace(/\.?0+$/, m => m.startsWith(".") ? "" : m) || "0";
     svg.append(lab);
   }
-  for (const t of niceTicks(x0, x1, 6)) {
+  for (const t of niceTicks(x0, x1, 6).filter(Number.isInteger)) {  // steps are whole numbers
     const lab = mk("text", { x: sx(t), y: H - B + 16, "text-anchor": "middle", "font-size": 10.5, fill: "#6b7280" });
     lab.textContent = String(t);
     svg.append(lab);
