@@ -237,13 +237,14 @@ async function viewRun(view, id) {
     lastKey = key;
     const launched = (d && d.launched) || (logData && logData.launched);
     const status = d ? d.status : (launched ? (launched.running ? "starting" : "failed") : "unknown");
-    // a stopped run's process still saves and exits after its status says "stopped": not resumable yet
-    const running = status === "running" || status === "starting" || !!(launched && launched.running);
+    // a run's process still saves and exits after its status says "stopped" or "finished": not resumable yet
+    const active = status === "running" || status === "starting";
+    const running = active || !!(launched && launched.running);
     head.replaceChildren(
       el("h2", { id: "run-title", style: "margin:0" }, id), el("span", { id: "run-status" }, badge(status)),
       d ? el("span", { class: "muted" }, d.task + " · " + (d.summary.model || "")) : null,
       el("span", { style: "flex:1" }),
-      el("button", { id: "stop-btn", class: "danger", disabled: !running, onclick: () => action("/api/stop") }, "Stop (SIGTERM)"),
+      el("button", { id: "stop-btn", class: "danger", disabled: !active, onclick: () => action("/api/stop") }, "Stop (SIGTERM)"),
       el("button", { id: "resume-btn", disabled: running || status === "finished" || !d, onclick: () => action("/api/resume") }, "Resume"),
       el("a", { href: "#/try/" + encodeURIComponent(id) }, "Try it"));
     panes.log.replaceChildren(el("pre", { id: "launch-log" }, (logData && logData.log) || "(not launched from this page)"));
