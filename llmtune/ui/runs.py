@@ -7,7 +7,6 @@ keeps every path inside the runs directory and shapes the answers as JSON. Torch
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -293,10 +292,3 @@ def predictions(root: Path, rel: str, limit: int = MAX_PREDICTIONS) -> dict:
             except (OutsideRunsDir, ValueError):
                 pass
     return {"rows": rows, "total": total, "metric": metric}
-
-
-def read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

@@ -167,9 +167,13 @@ async function viewRuns(view) {
   view.append(el("h2", {}, "Runs"), el("div", { class: "toolbar" }, compareBtn, el("span", { class: "muted", id: "picked-count" }), el("span", { style: "flex:1" }), addInput, addBtn, addMsg), el("div", { class: "card" }, table));
   const count = document.getElementById("picked-count");
   function updatePicked() { compareBtn.disabled = picked.size < 1; count.textContent = picked.size ? `${picked.size} selected` : "tick runs to compare them"; }
+  let lastKey = null;
   async function refresh() {
     let data;
     try { data = await api("/api/runs"); } catch (e) { toast(e.message); return; }
+    const key = JSON.stringify(data);
+    if (key === lastKey) return;  // unchanged: leave the table (and a click in progress) alone
+    lastKey = key;
     document.getElementById("root").textContent = data.root;
     const rows = data.runs.slice().sort((a, b) => (b.updated || 0) - (a.updated || 0));
     table.replaceChildren(el("thead", {}, el("tr", {}, ["", "run", "status", "task", "model", "data", "best metric", "step", "wall time"].map(h => el("th", {}, h)))));
@@ -400,9 +404,13 @@ async function viewCompare(view, ids) {
   view.append(el("h2", {}, "Compare runs"));
   const box = el("div");
   view.append(box);
+  let lastKey = null;
   async function refresh() {
     let d;
     try { d = await api("/api/compare?ids=" + ids.map(encodeURIComponent).join(",")); } catch (e) { box.replaceChildren(el("p", { class: "msg error" }, e.message)); return; }
+    const key = JSON.stringify(d);
+    if (key === lastKey) return;
+    lastKey = key;
     const table = el("table", { id: "compare-table" }, el("thead", {}, el("tr", {}, el("th", {}, ""), d.runs.map(r => el("th", {}, el("a", { href: runHref(r.id) }, r.label))))),
       el("tbody", {}, d.fields.map(f => el("tr", {}, el("th", {}, f), d.runs.map(r => el("td", {}, r.summary[f] || "-"))))));
     const loss = d.runs.map((r, i) => ({ name: r.label, xs: r.series.train_step, ys: r.series.train_loss, color: COLORS[i % COLORS.length] }));
@@ -419,7 +427,7 @@ async function viewCompare(view, ids) {
 // ---------------------------------------------------------------------------------------------
 // Launch
 
-async function viewLaunch(view, preset) {
+async function viewLaunch(view) {
   const recipes = (await api("/api/recipes")).recipes;
   const select = el("select", { id: "recipe-select" }, recipes.map(r => el("option", { value: r.name }, r.name)));
   const desc = el("div", { class: "muted", id: "recipe-desc" });
@@ -463,7 +471,6 @@ async function viewLaunch(view, preset) {
       }
       form.append(el("details", { class: "form-section", open: ["train", "data", "model", "options"].includes(section) || null }, el("summary", {}, section), grid));
     }
-    if (preset) { for (const [k, v] of Object.entries(preset)) { const i = document.getElementById("f-" + k); if (i) i.value = v; } }
     clearErrors(); preview.classList.add("hidden"); msg.textContent = "";
     form.dataset.recipe = f.recipe;  // loaded (tests wait for it)
   }
@@ -506,7 +513,7 @@ async function viewLaunch(view, preset) {
       location.hash = runHref(r.id);
     } catch (e) { msg.className = "msg error"; msg.textContent = e.message; } finally { startBtn.disabled = false; }
   }
-  select.addEventListener("change", () => { preset = null; load(); });
+  select.addEventListener("change", load);
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   select.value = params.get("recipe") || (recipes.some(r => r.name === "sentiment-demo") ? "sentiment-demo" : recipes[0].name);
   await load();
