@@ -27,6 +27,7 @@ SCRIPTS = [
     "bench_lm_eval.py",
     "bench_serve.py",
     "bench_grpo.py",
+    "bench_ui.py",
 ]
 
 

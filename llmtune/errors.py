@@ -77,3 +77,9 @@ class ConfigError(LlmtuneError):
             where = f"{source}: " if source else ""
         many = f"{len(shown)} config problems: " + "; ".join(shown)
         super().__init__(where + (shown[0] if len(shown) == 1 else many))
+
+
+def problem_key(problem: str) -> str | None:
+    """The config key a problem is about (the first one it names), e.g. for showing it by a form field."""
+    match = _KEY_RE.search(problem)
+    return match.group(0) if match else None

@@ -19,6 +19,7 @@ from llmtune.cli import (  # noqa: F401  (register their commands)
     report,
     serve,
     train,
+    ui,
 )
 from llmtune.cli._common import enable_debug, fail, handle_errors
 from llmtune.cli.app import app

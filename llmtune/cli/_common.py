@@ -161,6 +161,10 @@ Stop = Annotated[
 ]
 System = Annotated[Optional[str], typer.Option("--system", help="System prompt (chat models).")]
 
+# ---- HTTP servers: serve, ui
+Host = Annotated[str, typer.Option("--host", help="Address to bind (loopback by default: only this machine).")]
+Port = Annotated[int, typer.Option("--port", help="TCP port.")]
+
 
 # ---------------------------------------------------------------------------------------------
 # option groups: a block of options several commands take, defined once

@@ -35,10 +35,8 @@ def check_port(host: str, port: int) -> None:
 def serve(
     model: c.InferModel = None,
     task: c.InferTask = None,
-    host: Annotated[
-        str, typer.Option("--host", help="Address to bind (loopback by default: only this machine).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    host: c.Host = "127.0.0.1",
+    port: c.Port = 8000,
     api_key: Annotated[
         Optional[str],
         typer.Option(
@@ -80,7 +78,7 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /v1/predict, /metrics."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (run_server's; checked here for the one-line message)
 
         from llmtune.inference.server import ServeOptions, create_app
     except ImportError:
@@ -139,6 +137,13 @@ def serve(
     typer.echo(
         f"serving '{name}' ({ctx.state['task'].name}: {kind}) on http://{host}:{port}/v1  (Ctrl-C stops)", err=True
     )
+    run_server(application, host, port)
+
+
+def run_server(application: object, host: str, port: int) -> None:
+    """uvicorn, quiet unless --debug (then its debug log and access log)."""
+    import uvicorn
+
     uvicorn.run(
         application,
         host=host,
