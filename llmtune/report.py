@@ -64,7 +64,7 @@ class Run:
             return False
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -80,7 +80,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -95,7 +95,7 @@ def _last_step(rows: list[dict]) -> int:
 def _checkpoint_history(path: Path) -> list[dict]:
     best: list[dict] = []
     for ckpt in path.glob("checkpoint-*"):
-        state = _read_json(ckpt / "trainer_state.json")
+        state = read_json(ckpt / "trainer_state.json")
         rows = (state or {}).get("log_history") or []
         if _last_step(rows) > _last_step(best):
             best = rows
@@ -114,7 +114,7 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-def _status(run: Run) -> str:
+def status_of(run: Run) -> str:
     info = run.run_status
     status = info.get("status")
     if status == "finished" or (status is None and run.metrics is not None):
@@ -140,12 +140,12 @@ def load_run(folder: str | Path) -> Run:
     except ConfigError as exc:
         raise LlmtuneError(f"{config_path}: {exc}") from None
     run = Run(path=path, config=config)
-    logged = _read_jsonl(path / TRAINING_LOG_FILE)
+    logged = read_jsonl(path / TRAINING_LOG_FILE)
     saved = _checkpoint_history(path)
     run.history = logged if _last_step(logged) >= _last_step(saved) else saved
-    run.metrics = _read_json(path / METRICS_FILE)
-    run.run_status = _read_json(path / RUN_STATUS_FILE) or {}
-    run.status = _status(run)
+    run.metrics = read_json(path / METRICS_FILE)
+    run.run_status = read_json(path / RUN_STATUS_FILE) or {}
+    run.status = status_of(run)
     return run
 
 

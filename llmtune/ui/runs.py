@@ -145,7 +145,7 @@ class RunTable:
         self.cache: dict[Path, tuple[tuple, Any, dict]] = {}
 
     def rows(self, extra: set[str] | None = None) -> list[dict]:
-        from llmtune.report import _status, load_run
+        from llmtune.report import load_run, status_of
 
         rows, seen = [], set()
         for folder in discover(self.root, extra):
@@ -154,7 +154,7 @@ class RunTable:
             hit = self.cache.get(folder)
             if hit is not None and hit[0] == key:
                 _, run, row = hit
-                run.status = _status(run)
+                run.status = status_of(run)
                 rows.append({**row, "status": run.status})
                 continue
             try:
@@ -272,13 +272,13 @@ def _is_error(row: dict) -> bool | None:
 def predictions(root: Path, rel: str, limit: int = MAX_PREDICTIONS) -> dict:
     """The rows of ``predictions.jsonl`` with ``_error`` (and a per-row metric for generated text);
     an ``audio`` path is kept only when it lies inside the runs directory (``_audio``: its id)."""
-    from llmtune.report import _read_jsonl
+    from llmtune.report import read_jsonl
 
     path = inside(root, rel)
     file = path / PREDICTIONS_FILE
     if not file.is_file():
         return {"rows": [], "total": 0, "metric": None}
-    rows = _read_jsonl(file)
+    rows = read_jsonl(file)
     total = len(rows)
     rows = rows[:limit]
     metric = _row_metric(rows)

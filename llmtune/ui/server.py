@@ -264,10 +264,10 @@ def create_app(runs_dir: Path, token: str | None = None, hosts: frozenset[str] |
 
     @app.post("/api/stop")
     def stop(req: RunRequest) -> Any:
-        from llmtune.report import _read_json
+        from llmtune.report import read_json
 
         folder = inside(root, req.run)
-        status = _read_json(folder / "run_status.json") or {}
+        status = read_json(folder / "run_status.json") or {}
         out = launcher.stop(relative(root, folder), status)
         return JSONResponse(out, 200 if out["ok"] else 409)
 
