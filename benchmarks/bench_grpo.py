@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -173,7 +174,8 @@ def grpo_part(args: argparse.Namespace, work: Path, model: Path) -> str:
         gsm_line = (
             f"GSM8K (the first {k} problems of the shared split, never trained on; greedy, at most "
             f"{args.gsm8k_tokens} tokens): {100 * g0['eval_accuracy']:.1f} % (95 % CI {wilson(g0['eval_accuracy'], k)}) "
-            f"before, {100 * g1['eval_accuracy']:.1f} % (95 % CI {wilson(g1['eval_accuracy'], k)}) after."
+            f"before, {100 * g1['eval_accuracy']:.1f} % (95 % CI {wilson(g1['eval_accuracy'], k)}) after; "
+            f"mean completion length {g0['eval_completion_length']:.1f} -> {g1['eval_completion_length']:.1f} tokens."
         )
     m0 = json.loads((work / "before" / "metrics.json").read_text())["eval"]
     m1 = json.loads((work / "after" / "metrics.json").read_text())["eval"]
@@ -191,6 +193,20 @@ def grpo_part(args: argparse.Namespace, work: Path, model: Path) -> str:
     n = int(m0["eval_prompts"])
     seen = {json.loads(x)["prompt"] for x in train.read_text(encoding="utf-8").splitlines()}
     shared = [json.loads(x)["prompt"] in seen for x in held.read_text(encoding="utf-8").splitlines()]
+
+    def paired(before: str, after: str) -> str:
+        """Problems right only before / only after, and the exact two-sided sign (McNemar) test."""
+        rows = [
+            [json.loads(x)["rewards"]["math_answer"] for x in (work / d / "predictions.jsonl").read_text().splitlines()]
+            for d in (before, after)
+        ]
+        lost = sum(1 for x, y in zip(*rows, strict=True) if x > 0.5 >= y)
+        gained = sum(1 for x, y in zip(*rows, strict=True) if y > 0.5 >= x)
+        k, m = min(gained, lost), gained + lost
+        p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+        return f"{gained} problems right only after, {lost} only before (exact two-sided sign test p = {p:.2g})"
+
+    gsm_paired = f" GSM8K paired: {paired('gsm_before', 'gsm_after')}." if gsm is not None else ""
 
     def unseen_accuracy(folder: str) -> str:
         rows = [json.loads(x) for x in (work / folder / "predictions.jsonl").read_text().splitlines()]
@@ -214,7 +230,9 @@ per process), {time.strftime("%Y-%m-%d")}.
 | accuracy without the {sum(shared)} problems that also occur in the training rows | {unseen_accuracy("before")} | {unseen_accuracy("after")} |
 | mean completion length (tokens) | {m0["eval_completion_length"]:.1f} | {m1["eval_completion_length"]:.1f} |
 
-{gsm_line}
+Paired on the same held-out problems: {paired("before", "after")}.
+
+{gsm_line}{gsm_paired}
 
 Training reward (mean of `math_answer` over sampled completions): {first:.3f} over the first 5 steps, {last:.3f} over the last 5.
 Per step: {curve}. Fraction of groups with zero reward variance per step: {zero}.
