@@ -183,6 +183,11 @@ def llmtune_trainer(base: type) -> type:
             # but not through both: a multi-process run resumed mid-epoch replayed epoch 0's order.
             if self._length_sampler is not None:
                 self._length_sampler.set_epoch(epoch)
+            if 0 < self.state.max_steps <= self.state.global_step:
+                # resumed from a checkpoint at max_steps: the Trainer checks the limit only after a
+                # step, so it would train one step more than asked
+                self.control.should_training_stop = True
+                return None
             return super()._run_epoch(model, epoch, *args, **kwargs)
 
     LlmtuneTrainer.__name__ = f"Llmtune{base.__name__}"

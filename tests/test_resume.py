@@ -118,6 +118,19 @@ def test_resume_path_and_fresh_start(setup, tiny_bert_dir, tmp_path):
     assert not list(out.glob("*checkpoint-*"))  # this time not kept: the completed run removed them
 
 
+def test_resuming_a_checkpoint_at_max_steps_trains_no_further(setup, tiny_bert_dir, tmp_path):
+    # the Trainer checks max_steps only after a step: resumed at step == max_steps it trained one more
+    out = tmp_path / "run"
+    first = run(setup, tiny_bert_dir, out, "--max-steps", "4", "--set", "train.keep_checkpoints=true")
+    assert first.returncode == 0, first.stderr
+    assert (out / "checkpoint-4").is_dir() and len(losses(out)) == 4
+    before = losses(out)
+    again = run(setup, tiny_bert_dir, out, "--max-steps", "4", "--resume", "auto")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout
+    assert losses(out) == before  # no fifth step logged
+
+
 def test_sigterm_saves_and_resumes(setup, tiny_bert_dir, tmp_path):
     _, data, _ = setup
     out = tmp_path / "run"
