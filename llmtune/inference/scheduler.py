@@ -230,6 +230,9 @@ class ContinuousBatcher:
     def cancel(self, job: Job) -> None:
         job.cancel()
         with self.cond:
+            if job in self.waiting:  # not admitted yet: its queue slot is free at once
+                self.waiting.remove(job)
+                self.metrics.queue = len(self.waiting)
             self.cond.notify()
 
     def close(self) -> None:
@@ -268,6 +271,7 @@ class ContinuousBatcher:
                     if self.rows:
                         self._step()
                 self.metrics.batch = len(self.rows)
+                admit = job = None  # an idle worker keeps no finished request (its tokens, its reply queue)
 
     def _encode(self, job: Job) -> Any:
         tok = self.tokenizer
@@ -492,7 +496,8 @@ class MicroBatcher:
         self.waiting: deque[PredictJob] = deque()
         self.cond = threading.Condition()
         self.closed = False
-        self.batches: list[int] = []  # sizes (requests) of the batches run, for tests and logs
+        # sizes (requests) of the latest batches, for tests and logs; bounded: a server runs for weeks
+        self.batches: deque[int] = deque(maxlen=256)
         self.thread = threading.Thread(target=self._work, name="llmtune-predict", daemon=True)
         self.thread.start()
 
