@@ -155,17 +155,21 @@ def test_rows_joining_and_leaving_give_what_each_prompt_gives_alone(tiny_llama_d
     assert kind == "error" and "generation failed: ValueError" in message and "top_k" in message
 
 
-def test_finished_and_cancelled_requests_leave_nothing_behind(tiny_llama_dir):
+def test_finished_and_cancelled_requests_leave_nothing_behind(tiny_llama_dir, monkeypatch):
     """Requests that finish, or are cancelled while waiting or while in the batch, leave nothing in
     the batcher: no rows, no KV cache, an empty queue (a cancelled waiting request frees its queue
-    slot at once), and no Job is kept alive by the idle worker. The predict batcher's record of batch
-    sizes is bounded. Otherwise a server's memory grows with every request it has answered."""
+    slot at once), and no Job is kept alive by the idle worker; freed memory is handed back once, when
+    the batch drains, not at every step. The predict batcher's record of batch sizes is bounded.
+    Otherwise a server's memory grows with every request it has answered."""
     import gc
     import weakref
 
+    from llmtune.inference import scheduler
     from llmtune.inference.generation import GenerationSettings
     from llmtune.inference.scheduler import ContinuousBatcher, Job, Metrics, MicroBatcher, PredictJob
 
+    trims = []
+    monkeypatch.setattr(scheduler, "release_free_memory", lambda: trims.append(len(batcher.rows)))
     ctx = load(tiny_llama_dir)
     slow_down(ctx.model, 0.01)
     metrics = Metrics()
@@ -198,6 +202,7 @@ def test_finished_and_cancelled_requests_leave_nothing_behind(tiny_llama_dir):
             assert answered.acquire(timeout=60)
         assert wait_for(lambda: not batcher.rows and not batcher.waiting and metrics.batch == 0)
         assert batcher.cache is None and batcher.mask is None and batcher.last is None and batcher.pos is None
+        assert wait_for(lambda: trims == [0])  # one drain, one trim, with the batch empty
         refs = [weakref.ref(job) for job in (*long, queued, *short)]
         del long, queued, short, job
 
