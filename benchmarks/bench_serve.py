@@ -16,7 +16,9 @@ behaviour) and ``--max-batch-size 16`` (continuous batching); with ``--baseline-
 server of another llmtune checkout (e.g. a worktree of the last commit before batching), run with
 PYTHONPATH=DIR, and ``--skip-one-at-a-time`` leaves the ``--max-batch-size 1`` server out.
 The 1-client level sends --lone-requests requests one after the other; level N sends N x
---requests-per-client requests from N clients at once. Every configuration answers the same
+--requests-per-client requests from N clients at once. The servers run side by side: the lone
+requests alternate between them and each level runs on one server right after the other, so a
+change in the machine's load falls on all of them alike. Every configuration answers the same
 prompts; per level, tokens/s ratios and "same text" are against the first server (the other checkout
 when given, else the one-at-a-time server).
 
@@ -101,7 +103,8 @@ def start_server(
         launch = [sys.executable, "-c", SNAPSHOT_WRAPPER]
     cmd = [*launch, "serve", *MODEL, "--port", str(port), "--greedy", *extra]
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # cwd: ``python -m``/``-c`` put the working directory first on sys.path, ahead of PYTHONPATH
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=pythonpath)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -172,6 +175,27 @@ def measure(url: str, prompts: list[str], clients: int, max_tokens: int) -> dict
         "ttft": [r["ttft"] for r in results],
         "latency": [r["latency"] for r in results],
         "texts": [r["text"] for r in results],
+    }
+
+
+def omp_prefix() -> str:
+    """``OMP_NUM_THREADS=N `` when set: the servers inherit it (one torch thread each keeps a loaded
+    machine from stalling in OpenMP's spinning barriers), so the figures' command says it."""
+    n = os.environ.get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={n} " if n else ""
+
+
+def merge(rows: list[dict]) -> dict:
+    """One row for requests measured one by one (the lone level)."""
+    tokens = None if any(r["tokens"] is None for r in rows) else sum(r["tokens"] for r in rows)
+    wall = sum(r["wall"] for r in rows)
+    return {
+        "clients": 1,
+        "requests": sum(r["requests"] for r in rows),
+        "wall": wall,
+        "tokens": tokens,
+        "tps": tokens / wall if tokens is not None else None,
+        **{key: [v for r in rows for v in r[key]] for key in ("ttft", "latency", "texts")},
     }
 
 
@@ -272,20 +296,32 @@ def main() -> int:
         before = (f"before batching ({args.baseline_src.name} checkout)", [], str(args.baseline_src))
         configs = [before] if args.skip_one_at_a_time else [before, *configs]
     configs.append(("continuous batching (--max-batch-size 16)", ["--max-batch-size", "16"], str(ROOT)))
-    results: dict[str, list[dict]] = {}
-    for name, extra, src in configs:
-        proc, url = start_server(extra, src, work / f"server{len(results)}.log")
-        try:
+    # All servers run side by side (an idle one waits without computing); the lone requests alternate
+    # between them and each level runs on one server right after the other, so a change in the
+    # machine's load falls on all of them alike.
+    servers, results = [], {name: [] for name, _, _ in configs}
+    try:
+        for i, (_, extra, src) in enumerate(configs):
+            servers.append(start_server(extra, src, work / f"server{i}.log"))
+        for _, url in servers:
             measure(url, prompts[:1], 1, 8)  # warm-up, not counted
-            rows = []
-            for clients in args.levels:
-                n = args.lone_requests if clients == 1 else clients * args.requests_per_client
-                row = measure(url, prompts[:n], clients, args.max_new_tokens)
-                rows.append(row)
+        for clients in args.levels:
+            n = args.lone_requests if clients == 1 else clients * args.requests_per_client
+            if clients == 1:
+                runs = [[measure(url, [p], 1, args.max_new_tokens) for _, url in servers] for p in prompts[:n]]
+                rows = [merge([run[i] for run in runs]) for i in range(len(servers))]
+            else:
+                rows = [measure(url, prompts[:n], clients, args.max_new_tokens) for _, url in servers]
+            for (name, _, _), row in zip(configs, rows, strict=True):
+                results[name].append(row)
                 tps = f"{row['tps']:.1f}" if row["tps"] is not None else "-"
-                print(f"{name}: {clients} clients, {n} requests, {row['wall']:.1f} s, {tps} tokens/s", flush=True)
-            results[name] = rows
-        finally:
+                print(
+                    f"{name}: {clients} clients, {n} requests, {row['wall']:.1f} s, {tps} tokens/s, TTFT p50 "
+                    f"{pct(row['ttft'], 0.5):.2f} s, latency p50 {pct(row['latency'], 0.5):.2f} s",
+                    flush=True,
+                )
+    finally:
+        for proc, _ in servers:
             proc.terminate()
             proc.wait(timeout=60)
     counted = results[configs[-1][0]]  # the batching server of this checkout (it has /metrics)
@@ -348,7 +384,7 @@ def main_soak(args: argparse.Namespace) -> int:
     lines = [
         f"### Soak run, {variant}",
         "",
-        f"`python benchmarks/bench_serve.py --soak {args.soak} --rounds {args.rounds}"
+        f"`{omp_prefix()}python benchmarks/bench_serve.py --soak {args.soak} --rounds {args.rounds}"
         f"{' --no-idle-trim' if args.no_idle_trim else ''}` - one batching server "
         f"(`--max-batch-size 16 --max-queue 1000`, started with two signal handlers that report its live Python "
         f"objects and resident memory), {args.rounds} rounds of {args.soak} chat requests from 16 clients ({source}), "
@@ -387,7 +423,8 @@ def report(results: dict[str, list[dict]], reference: list[dict], args: argparse
     lines = [
         "## `llmtune serve` under concurrent clients: continuous batching (issue 25)",
         "",
-        f"`python benchmarks/bench_serve.py --requests-per-client {args.requests_per_client} --lone-requests "
+        f"`{omp_prefix()}python benchmarks/bench_serve.py --requests-per-client {args.requests_per_client} "
+        f"--levels {' '.join(map(str, args.levels))} --lone-requests "
         f"{args.lone_requests}{' --baseline-src ' + str(args.baseline_src) if args.baseline_src else ''}"
         f"{' --skip-one-at-a-time' if args.skip_one_at_a_time else ''}` - "
         f"SmolLM2-135M-Instruct (GGUF Q4_1 de-quantized to float32), chat requests from {source}, streamed, "
@@ -396,7 +433,8 @@ def report(results: dict[str, list[dict]], reference: list[dict], args: argparse
         f"1-minute load average {args.load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), "
         f"{time.strftime('%Y-%m-%d %H:%M')} UTC. One client sends "
         f"{args.lone_requests} requests one after the other; N clients send {args.requests_per_client} "
-        "request(s) each, all at once. Tokens/s: the server's generated-token counter over the level's wall time "
+        "request(s) each, all at once. The servers run side by side: the lone requests alternate between them, "
+        "each level runs on one server right after the other. Tokens/s: the server's generated-token counter over the level's wall time "
         "(a server without /metrics: the batching server's count for the same answers). Ratios and \"same "
         'text": against the first server of the level.',
         "",
