@@ -155,6 +155,75 @@ def test_rows_joining_and_leaving_give_what_each_prompt_gives_alone(tiny_llama_d
     assert kind == "error" and "generation failed: ValueError" in message and "top_k" in message
 
 
+def test_finished_and_cancelled_requests_leave_nothing_behind(tiny_llama_dir, monkeypatch):
+    """Requests that finish, or are cancelled while waiting or while in the batch, leave nothing in
+    the batcher: no rows, no KV cache, an empty queue (a cancelled waiting request frees its queue
+    slot at once), and no Job is kept alive by the idle worker; freed memory is handed back once, when
+    the batch drains, not at every step. The predict batcher's record of batch sizes is bounded.
+    Otherwise a server's memory grows with every request it has answered."""
+    import gc
+    import weakref
+
+    from llmtune.inference import scheduler
+    from llmtune.inference.generation import GenerationSettings
+    from llmtune.inference.scheduler import ContinuousBatcher, Job, Metrics, MicroBatcher, PredictJob
+
+    trims = []
+    monkeypatch.setattr(scheduler, "release_free_memory", lambda: trims.append(len(batcher.rows)))
+    ctx = load(tiny_llama_dir)
+    slow_down(ctx.model, 0.01)
+    metrics = Metrics()
+    batcher = ContinuousBatcher(ctx.model, ctx.tokenizer, 2, 64, metrics)
+    answered = threading.Semaphore(0)
+
+    def ignore(kind, value):
+        pass
+
+    def count(kind, value):
+        if kind != "piece":
+            answered.release()
+
+    def settings(n):
+        return GenerationSettings(max_new_tokens=n, greedy=True)
+
+    try:
+        long = [Job("the dog", settings(200), ignore, True, None, stream=True) for _ in range(2)]
+        batcher.submit(long)
+        assert wait_for(lambda: len(batcher.rows) == 2)  # the batch is full
+        queued = Job("a cat", settings(5), ignore, True, None)
+        batcher.submit([queued])
+        batcher.cancel(queued)
+        assert len(batcher.waiting) == 0 and metrics.queue == 0
+        short = [Job(p, settings(4), count, True, None) for p in ("hi", "new car", "small green")]
+        batcher.submit(short)
+        for job in long:  # in the batch: they leave at the next step, the short ones take their places
+            batcher.cancel(job)
+        for _ in range(len(short)):
+            assert answered.acquire(timeout=60)
+        assert wait_for(lambda: not batcher.rows and not batcher.waiting and metrics.batch == 0)
+        assert batcher.cache is None and batcher.mask is None and batcher.last is None and batcher.pos is None
+        assert wait_for(lambda: trims == [0])  # one drain, one trim, with the batch empty
+        refs = [weakref.ref(job) for job in (*long, queued, *short)]
+        del long, queued, short, job
+
+        def freed():
+            gc.collect()
+            return all(ref() is None for ref in refs)
+
+        assert wait_for(freed)  # the worker, still running, holds none
+    finally:
+        batcher.close()
+
+    predictor = MicroBatcher(lambda group: [[{}] for _ in group], max_batch_size=1, max_queue=1000)
+    try:
+        for _ in range(600):
+            predictor.submit(PredictJob([{}], ignore))
+        assert wait_for(lambda: not predictor.waiting)
+    finally:
+        predictor.close()
+    assert 0 < len(predictor.batches) <= 256
+
+
 def test_predict_requests_arriving_together_run_as_one_batch():
     from llmtune.inference.scheduler import MicroBatcher, PredictJob
 
@@ -188,7 +257,7 @@ def test_predict_requests_arriving_together_run_as_one_batch():
             assert done.acquire(timeout=10)
     finally:
         batcher.close()
-    assert batcher.batches[:2] == [1, 3]  # three waiting requests, one call
+    assert list(batcher.batches)[:2] == [1, 3]  # three waiting requests, one call
     assert results[0] == ("done", [{"n": 0}])
     assert results[1] == ("done", [{"n": 10}, {"n": 20}]) and results[3] == ("done", [{"n": 40}])
     assert results[2][0] == "error" and "bad row" in str(results[2][1])  # only the bad request failed
@@ -317,7 +386,7 @@ def test_predict_endpoint_batches_concurrent_requests(tiny_wordpiece_dir, tmp_pa
         for t in texts:
             assert together[t]["label"] == alone[t]["label"]
             assert together[t]["score"] == pytest.approx(alone[t]["score"], abs=1e-5)
-        assert max(server.app.state.predictor.batches[before:]) > 1  # arrivals were run together
+        assert max(list(server.app.state.predictor.batches)[before:]) > 1  # arrivals were run together
         bad = httpx.post(f"{server.url}/v1/predict", json={"inputs": [{"stars": "x"}]})
         assert bad.status_code == 400 and "no text column" in bad.json()["error"]["message"]
     finally:
