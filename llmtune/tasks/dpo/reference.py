@@ -9,15 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from llmtune.tasks.base import RunContext
+from llmtune.tasks.common.policy import disable_dropout
 from llmtune.tasks.dpo.options import REFERENCE_FREE
-
-
-def disable_dropout(model: Any) -> None:
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 def freeze(model: Any) -> Any:

@@ -13,11 +13,12 @@ from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_data_problems
 from llmtune.tasks.common.chunked_loss import check_run_model
 from llmtune.tasks.common.pairs import PAIRS_UP_FRONT, drop_bad_pairs
+from llmtune.tasks.common.policy import disable_dropout, prepare_policy
 from llmtune.tasks.dpo.collator import PairCollator
 from llmtune.tasks.dpo.data import REF_COLUMNS, batch_encoder, column_layout
 from llmtune.tasks.dpo.loss import pair_metrics, rewards
 from llmtune.tasks.dpo.options import LOSS_TYPES, REFERENCE_FREE, DPOOptions
-from llmtune.tasks.dpo.reference import disable_dropout, eval_reference, load_reference, training_reference
+from llmtune.tasks.dpo.reference import eval_reference, load_reference, training_reference
 
 
 class DPOTask(Task):
@@ -108,9 +109,7 @@ class DPOTask(Task):
 
         m = ctx.cfg.model
         model = model_from_config(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
-        if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
-            model.config.pad_token_id = ctx.tokenizer.pad_token_id
-        disable_dropout(model)  # policy and reference must score a pair the same way (as TRL does)
+        prepare_policy(model, ctx.tokenizer)  # policy and reference must score a pair the same way
         ctx.state["reference"] = training_reference(ctx, model, self.auto_model)
         return model
 

@@ -11,17 +11,10 @@ from typing import Any
 from llmtune.errors import LlmtuneError
 from llmtune.tasks.base import RunContext, Task, sequence_limit, tokenize_split
 from llmtune.tasks.common.chat import apply_chat_template_option, chat_data_problems
+from llmtune.tasks.common.policy import disable_dropout, prepare_policy
 from llmtune.tasks.grpo.data import PromptCollator, batch_encoder, prompt_column
 from llmtune.tasks.grpo.options import LOSS_TYPES, GRPOOptions
 from llmtune.tasks.grpo.rewards import spec_problems
-
-
-def disable_dropout(model: Any) -> None:
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 class GRPOTask(Task):
@@ -125,9 +118,7 @@ class GRPOTask(Task):
 
         m = ctx.cfg.model
         model = model_from_config(ctx, self.auto_model) if m.config and not m.name_or_path else super().build_model(ctx)
-        if model.config.pad_token_id is None and ctx.tokenizer.pad_token_id is not None:
-            model.config.pad_token_id = ctx.tokenizer.pad_token_id
-        disable_dropout(model)  # sampling, scoring and the update see the same model
+        prepare_policy(model, ctx.tokenizer)  # sampling, scoring and the update see the same model
         ctx.state["rewards"] = reward_set(ctx)
         if ctx.cfg.options.beta == 0.0:
             ctx.state["reference"] = None
